@@ -1,0 +1,45 @@
+"""VGG-11 as in the paper (DESIGN.md §1): 64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-GAP-FC."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+from torch import nn
+
+from bso_lightning.models.blocks import NeuronConfig, conv_bn_lif
+from bso_lightning.nn import OnlineLinear, SpikeTraceMap
+
+VGG11_LAYOUT: tuple[Union[int, str], ...] = (64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512)
+
+
+def spiking_vgg(layout: Sequence[Union[int, str]], num_classes: int, in_channels: int,
+                neuron: NeuronConfig) -> nn.Sequential:
+    """A VGG-style BSNN: each int is a conv (first full precision, rest binary) + BN + LIF; "A" is AvgPool2d(2).
+
+    Ends with global average pooling and a full-precision linear classifier (with bias).
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    first = True
+    for item in layout:
+        if item == "A":
+            layers.append(SpikeTraceMap(nn.AvgPool2d(2)))
+            continue
+        layers += conv_bn_lif(channels, int(item), neuron, binary=not first)
+        channels = int(item)
+        first = False
+    layers += [SpikeTraceMap(nn.AdaptiveAvgPool2d(1)), SpikeTraceMap(nn.Flatten()), OnlineLinear(channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def vgg11(num_classes: int = 10, in_channels: int = 3, decay: float = 0.5, v_threshold: float = 1.0,
+          trace: str = "ottt") -> nn.Sequential:
+    """The paper's binary spiking VGG-11 (first conv and classifier full precision, hidden convs binary)."""
+    return spiking_vgg(VGG11_LAYOUT, num_classes, in_channels, NeuronConfig(decay, v_threshold, trace))  # type: ignore[arg-type]
+
+
+def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, decay: float = 0.5,
+              v_threshold: float = 1.0, trace: str = "ottt") -> nn.Sequential:
+    """A small BSNN for the embedded digits task: w-2w-AP2-4w-AP2-GAP-FC (first conv full precision)."""
+    layout = (width, 2 * width, "A", 4 * width, "A")
+    return spiking_vgg(layout, num_classes, in_channels, NeuronConfig(decay, v_threshold, trace))  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""Online LIF neuron with a presynaptic trace (paper Eq. 2–3, 6–7), on spikingjelly's ``LIFNode``.
+
+    u[t] = λ · (u[t−1] − Vth · s[t−1]) + I[t]        (soft reset, input not decayed)
+    s[t] = H(u[t] − Vth)                             (sigmoid surrogate, α = 4)
+    â[t] = μ[t] · â[t−1] + s[t]                      (trace of the output spikes)
+
+``ottt``: μ = λ. ``ndot``: μ[t] = (u[t] − Vth·s[t]) / (u[t−1] − Vth·s[t−1]), clamped to [−λ, λ],
+λ where the denominator is (near) zero or the ratio is not finite. The membrane state is detached
+between steps (no backprop through time), so no graph of step t−1 outlives step t.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from spikingjelly.activation_based import functional, surrogate
+from spikingjelly.activation_based.neuron import LIFNode
+from torch import Tensor
+
+from bso_lightning.nn.spike_trace import SpikeTrace
+
+TraceMode = Literal["ottt", "ndot", "none"]
+TRACE_MODES = ("ottt", "ndot", "none")
+NDOT_EPS = 1e-6
+
+
+def ndot_decay(v_post: Tensor, v_post_prev: Tensor, decay: float, eps: float = NDOT_EPS) -> Tensor:
+    """NDOT trace decay μ[t] = v_post[t] / v_post[t−1], clamped to [−λ, λ]; λ where undefined."""
+    ratio = v_post / v_post_prev
+    valid = (v_post_prev.abs() > eps) & torch.isfinite(ratio) & torch.isfinite(v_post_prev)
+    return torch.where(valid, ratio.clamp(-decay, decay), torch.full_like(ratio, decay))
+
+
+class OnlineLIFNode(LIFNode):
+    """Single-step LIF neuron for online training; returns :class:`SpikeTrace` in training mode.
+
+    Args:
+        decay: λ, the membrane decay per step (τ = 1 / (1 − λ)); paper default 0.5.
+        v_threshold: Vth; paper default 1.
+        trace: ``"ottt"`` (μ = λ), ``"ndot"`` (μ from the membrane dynamics) or ``"none"``.
+        surrogate_alpha: slope α of the sigmoid surrogate; paper default 4.
+    """
+
+    def __init__(self, decay: float = 0.5, v_threshold: float = 1.0, trace: TraceMode = "ottt",
+                 surrogate_alpha: float = 4.0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay (λ) must lie in (0, 1), got {decay}")
+        if not v_threshold > 0.0:
+            raise ValueError(f"v_threshold must be > 0, got {v_threshold}")
+        if trace not in TRACE_MODES:
+            raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
+        super().__init__(
+            tau=1.0 / (1.0 - decay),
+            decay_input=False,
+            v_threshold=v_threshold,
+            v_reset=None,
+            surrogate_function=surrogate.Sigmoid(alpha=surrogate_alpha),
+            detach_reset=True,
+            step_mode="s",
+        )
+        self.decay = decay
+        self.trace_mode = trace
+        self.register_memory("trace", None)
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        x = inputs[0]
+        v_prev = states[0].detach()
+        trace_prev: Optional[Tensor] = states[1]
+        spike, v = functional.lif_step(
+            x, v_prev, self.tau, False, self.v_threshold, None, self.surrogate_function, True
+        )
+        v = v.detach()
+        if not self.training or self.trace_mode == "none":
+            return (spike,), (v, None)
+        with torch.no_grad():
+            trace = self._next_trace(spike.detach(), v, v_prev, trace_prev)
+        return (SpikeTrace(spike, trace),), (v, trace)
+
+    def _next_trace(self, spike: Tensor, v: Tensor, v_prev: Tensor, trace_prev: Optional[Tensor]) -> Tensor:
+        if trace_prev is None or trace_prev.shape != spike.shape:
+            return spike.clone()
+        mu = self.decay if self.trace_mode == "ottt" else ndot_decay(v, v_prev, self.decay)
+        return trace_prev * mu + spike
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, v_threshold={self.v_threshold}, trace={self.trace_mode!r}"
