@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
-from spikingjelly.activation_based import functional, surrogate
+from spikingjelly.activation_based import surrogate
 from spikingjelly.activation_based.neuron import LIFNode
 from torch import Tensor
 
@@ -67,10 +67,11 @@ class OnlineLIFNode(LIFNode):
         x = inputs[0]
         v_prev = states[0].detach()
         trace_prev: Optional[Tensor] = states[1]
-        spike, v = functional.lif_step(
-            x, v_prev, self.tau, False, self.v_threshold, None, self.surrogate_function, True
-        )
-        v = v.detach()
+        # Eq. 2–3 written out (two fused ops; spikingjelly's generic lif_step is ~2× slower on CPU)
+        u = torch.add(x, v_prev, alpha=self.decay)  # u[t] = λ·(u[t−1] − Vth·s[t−1]) + I[t]
+        spike = self.surrogate_function(u - self.v_threshold)
+        with torch.no_grad():
+            v = u - self.v_threshold * spike  # soft reset; stored detached
         if not self.training or self.trace_mode == "none":
             return (spike,), (v, None)
         with torch.no_grad():
