@@ -1,6 +1,20 @@
 """LightningDataModules for the datasets of the BSO paper and the embedded digits task."""
 
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError
+from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
+from datamodules.cifar10_dvs import CIFAR10DVSDataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.imagenet import ImageNetDataModule
+from datamodules.speech_commands import SpeechCommandsDataModule
 
-__all__ = ["BaseDataModule", "DigitsDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CIFAR10DVSDataModule",
+    "DataFileError",
+    "DatasetNotFoundError",
+    "DigitsDataModule",
+    "ImageNetDataModule",
+    "SpeechCommandsDataModule",
+]

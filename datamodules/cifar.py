@@ -1,0 +1,235 @@
+"""CIFAR-10 and CIFAR-100 (torchvision's python-pickle format)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision import transforms as T
+
+from datamodules.base import BaseDataModule, DataFileError, dataset_not_found
+from datamodules.transforms import Cutout
+
+
+class CIFARImages(Dataset):
+    """``uint8`` images ``[N, 32, 32, 3]`` and labels, turned into PIL images for ``transform``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Callable] = None) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[index])
+        x = self.transform(img) if self.transform is not None else T.functional.pil_to_tensor(img)
+        return x, int(self.labels[index])
+
+
+class _CIFARDataModule(BaseDataModule):
+    """Shared code; the subclasses below only name the files and statistics."""
+
+    in_channels = 3
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tv_class: type
+    display_name: str
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        seed: int,
+        download: bool,
+        val_size: int,
+        auto_augment: bool,
+        cutout_length: int,
+        crop_padding: int,
+    ) -> None:
+        super().__init__(root, batch_size, num_workers, pin_memory, seed)
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0 (0 = use the test set for validation), got {val_size}")
+        if cutout_length < 0:
+            raise ValueError(f"cutout_length must be >= 0 (0 = no cutout), got {cutout_length}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.download = download
+        self.val_size = val_size
+        self.auto_augment = auto_augment
+        self.cutout_length = cutout_length
+        self.crop_padding = crop_padding
+
+    # ----------------------------------------------------------------------------------- data
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.folder
+
+    def prepare_data(self) -> None:
+        if self.download and self._missing_files():
+            # torchvision downloads the archive, checks its md5 and extracts it.
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.tv_class(str(self.root), train=True, download=True)
+        self._check_files()
+
+    def _missing_files(self) -> list[str]:
+        wanted = (*self.train_files, *self.test_files, self.meta_file)
+        return [f for f in wanted if not (self.data_dir / f).is_file()]
+
+    def _check_files(self) -> None:
+        wanted = (*self.train_files, *self.test_files, self.meta_file)
+        missing = self._missing_files()
+        if missing:
+            raise dataset_not_found(
+                self.display_name,
+                self.data_dir,
+                f"the python-pickle files {', '.join(wanted)}",
+                f"pass download=True (torchvision fetches {self.tv_class.url}), or extract "
+                f"{self.tv_class.filename} into {self.root}",
+                problem=None if not self.data_dir.exists() else f"missing {', '.join(missing)}",
+            )
+
+    def _read(self, files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for name in files:
+            path = self.data_dir / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                targets = np.asarray(entry[self.label_key], dtype=np.int64)
+            except Exception as exc:  # noqa: BLE001 - reported with the file's path
+                raise DataFileError(
+                    path, f"not a CIFAR python pickle ({type(exc).__name__}: {exc})",
+                    f"Delete {self.data_dir} and run again with download=True.",
+                ) from exc
+            if len(targets) != len(data):
+                raise DataFileError(path, f"{len(data)} images but {len(targets)} labels")
+            images.append(data.transpose(0, 2, 3, 1))
+            labels.append(targets)
+        labels_all = np.concatenate(labels)
+        if labels_all.min() < 0 or labels_all.max() >= self.num_classes:
+            raise RuntimeError(
+                f"{self.data_dir}: labels must lie in [0, {self.num_classes}), "
+                f"found [{labels_all.min()}, {labels_all.max()}]"
+            )
+        return np.ascontiguousarray(np.concatenate(images)), labels_all
+
+    # ------------------------------------------------------------------------------ transforms
+    def train_transform(self) -> T.Compose:
+        steps: list = [T.RandomCrop(32, padding=self.crop_padding), T.RandomHorizontalFlip()]
+        if self.auto_augment:
+            steps.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
+        steps.append(T.ToTensor())
+        if self.cutout_length > 0:
+            steps.append(Cutout(self.cutout_length))
+        steps.append(T.Normalize(self.mean, self.std))
+        return T.Compose(steps)
+
+    def eval_transform(self) -> T.Compose:
+        return T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.prepare_data()  # downloads only if asked and missing; Lightning has usually called it already
+        train_x, train_y = self._read(self.train_files)
+        test_x, test_y = self._read(self.test_files)
+        self.test_set = CIFARImages(test_x, test_y, self.eval_transform())
+        if self.val_size == 0:
+            self.train_set = CIFARImages(train_x, train_y, self.train_transform())
+            self.val_set = self.test_set
+            return
+        if self.val_size >= len(train_y):
+            raise ValueError(f"val_size ({self.val_size}) must be smaller than the {len(train_y)} training images")
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.seed)).numpy()
+        val_idx, train_idx = np.sort(order[: self.val_size]), np.sort(order[self.val_size :])
+        self.train_set = CIFARImages(train_x[train_idx], train_y[train_idx], self.train_transform())
+        self.val_set = CIFARImages(train_x[val_idx], train_y[val_idx], self.eval_transform())
+
+
+class CIFAR10DataModule(_CIFARDataModule):
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (torchvision's layout).
+
+    Training: random crop 32 with ``crop_padding``, horizontal flip, optional AutoAugment (CIFAR-10
+    policy), cutout of side ``cutout_length`` (0 disables), normalization by the mean/std the BSO
+    authors use. Validation is the official test set unless ``val_size`` > 0, in which case a
+    seeded hold-out of ``val_size`` training images (with the evaluation transform) is used; the
+    test split is always the official test set.
+    """
+
+    num_classes = 10
+    folder = "cifar-10-batches-py"
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
+    meta_file = "batches.meta"
+    label_key = "labels"
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2023, 0.1994, 0.2010)
+    tv_class = datasets.CIFAR10
+    display_name = "CIFAR-10"
+
+    def __init__(
+        self,
+        root: str | Path = "data/cifar10",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        download: bool = False,
+        val_size: int = 0,
+        auto_augment: bool = False,
+        cutout_length: int = 16,
+        crop_padding: int = 4,
+    ) -> None:
+        super().__init__(
+            root, batch_size, num_workers, pin_memory, seed, download, val_size, auto_augment,
+            cutout_length, crop_padding,
+        )
+
+
+class CIFAR100DataModule(_CIFARDataModule):
+    """CIFAR-100 (fine labels) from ``root/cifar-100-python``; same pipeline as :class:`CIFAR10DataModule`."""
+
+    num_classes = 100
+    folder = "cifar-100-python"
+    train_files = ("train",)
+    test_files = ("test",)
+    meta_file = "meta"
+    label_key = "fine_labels"
+    mean = (0.5071, 0.4867, 0.4408)
+    std = (0.2675, 0.2565, 0.2761)
+    tv_class = datasets.CIFAR100
+    display_name = "CIFAR-100"
+
+    def __init__(
+        self,
+        root: str | Path = "data/cifar100",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        download: bool = False,
+        val_size: int = 0,
+        auto_augment: bool = False,
+        cutout_length: int = 16,
+        crop_padding: int = 4,
+    ) -> None:
+        super().__init__(
+            root, batch_size, num_workers, pin_memory, seed, download, val_size, auto_augment,
+            cutout_length, crop_padding,
+        )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from datamodules import DatasetNotFoundError, ImageNetDataModule
+
+
+def test_batches(data_roots):
+    dm = ImageNetDataModule(root=data_roots["imagenet"], batch_size=5, num_classes=3, image_size=24, resize_size=28)
+    assert (dm.num_classes, dm.in_channels) == (3, 3)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (12, 6) and dm.test_set is dm.val_set
+    assert dm.train_set.classes == ["n01440764", "n01443537", "n01484850"]
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        x, y = next(iter(loader))
+        assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.min() >= (0 - 0.485) / 0.229 - 1e-4 and x.max() <= (1 - 0.406) / 0.225 + 1e-4
+        assert set(y.tolist()) <= {0, 1, 2}
+    # validation is deterministic (resize + center crop), training is random
+    assert torch.equal(dm.val_set[0][0], dm.val_set[0][0])
+
+
+def test_missing_folder_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        ImageNetDataModule(root=tmp_path / "imagenet").setup()
+    message = str(info.value)
+    assert str(tmp_path / "imagenet") in message and "image-net.org" in message and "ILSVRC2012_img_train.tar" in message
+
+
+def test_wrong_number_of_classes_is_an_incomplete_folder(data_roots, tmp_path):
+    root = tmp_path / "imagenet"
+    shutil.copytree(data_roots["imagenet"], root)
+    shutil.rmtree(root / "val" / "n01484850")
+    with pytest.raises(FileNotFoundError, match=r"val has 2 class folders but num_classes=3"):
+        ImageNetDataModule(root=root, num_classes=3).setup()
+    with pytest.raises(FileNotFoundError, match="num_classes=1000"):
+        ImageNetDataModule(root=data_roots["imagenet"]).setup()
+
+
+def test_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        ImageNetDataModule(root=tmp_path, image_size=64, resize_size=32)

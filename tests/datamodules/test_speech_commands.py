@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from datamodules import DatasetNotFoundError, SpeechCommandsDataModule
+from datamodules.speech_commands import CLASSES_12, KEYWORDS, WORDS, read_wav
+
+BASE = ("SpeechCommands", "speech_commands_v0.02")
+
+
+def _all(loader):
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _lines(root, name):
+    return (root.joinpath(*BASE) / name).read_text().split()
+
+
+def test_35_words(private_root):
+    root = private_root("speech_commands")
+    dm = SpeechCommandsDataModule(root=root, batch_size=16)
+    assert (dm.num_classes, dm.in_channels, dm.time_steps) == (35, 1, None)  # before setup
+    dm.prepare_data()
+    dm.setup("fit")
+    n_val, n_test = len(_lines(root, "validation_list.txt")), len(_lines(root, "testing_list.txt"))
+    assert (len(dm.val_set), len(dm.test_set)) == (n_val, n_test)
+    assert len(dm.train_set) == 35 * 4 - n_val - n_test  # everything not listed trains
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        x, y = next(iter(loader))
+        assert x.shape == (16, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    x, y = _all(dm.train_dataloader())
+    assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.9 and x.max() > 0.9  # (img - 0.5) / 0.5
+    assert sorted(set(y.tolist())) == list(range(35))
+    # labels follow the official lists: the validation clip of "yes" has the label of "yes"
+    _, y_val = _all(dm.val_dataloader())
+    words = [line.split("/")[0] for line in _lines(root, "validation_list.txt")]
+    assert [WORDS[i] for i in y_val.tolist()] == words
+
+
+def test_12_classes(private_root):
+    root = private_root("speech_commands")
+    dm = SpeechCommandsDataModule(root=root, batch_size=8, class_set="12class")
+    assert dm.num_classes == 12 and dm.classes == CLASSES_12
+    dm.setup()
+    known_train = 2 * len(KEYWORDS)  # two training clips per keyword in the fixture
+    extra = math.ceil(known_train * 0.1)
+    _, y = _all(dm.train_dataloader())
+    counts = np.bincount(y.numpy(), minlength=12)
+    assert counts[CLASSES_12.index("_silence_")] == extra and counts[CLASSES_12.index("_unknown_")] == extra
+    assert (counts[2:] == 2).all()
+    x, y = _all(dm.val_dataloader())
+    assert x.shape == (10 + 1 + 1, 1, 32, 32) and sorted(set(y.tolist())) == list(range(12))
+    # seeded: a rebuild from scratch selects the same unknown words and silence cuts
+    again = SpeechCommandsDataModule(root=private_root("speech_commands", "copy"), class_set="12class")
+    again.setup()
+    assert torch.equal(again.train_set.tensors[0], dm.train_set.tensors[0])
+
+
+def test_short_clips_are_padded_and_long_ones_trimmed(tmp_path):
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.full(8000, 0.25, dtype=np.float32), 16000, subtype="PCM_16")
+    wave = read_wav(short)
+    assert wave.shape == (16000,) and np.allclose(wave[:8000], 0.25, atol=1e-4) and (wave[8000:] == 0).all()
+    long = tmp_path / "long.wav"
+    soundfile.write(long, np.full(20000, 0.5, dtype=np.float32), 16000, subtype="PCM_16")
+    assert read_wav(long).shape == (16000,)
+
+
+def test_corrupt_and_truncated_wavs_are_skipped_counted_and_named(private_root, caplog):
+    root = private_root("speech_commands")
+    base = root.joinpath(*BASE)
+    garbage = base / "yes" / "badc0ffe_nohash_0.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00this is not audio")
+    good = next((base / "no").glob("*.wav")).read_bytes()
+    truncated = base / "no" / "deadbeef_nohash_0.wav"
+    truncated.write_bytes(good[: len(good) // 2])
+    with caplog.at_level(logging.WARNING, logger="datamodules.speech_commands"):
+        dm = SpeechCommandsDataModule(root=root)
+        dm.setup()
+    assert len(dm.train_set) == 35 * 2  # the two bad files are not in it
+    assert len(dm.skipped_files) == 2
+    assert any(str(garbage) in s for s in dm.skipped_files) and any(str(truncated) in s for s in dm.skipped_files)
+    text = caplog.text
+    assert "skipped 2 unreadable audio file(s)" in text and str(garbage) in text and str(truncated) in text
+    # the count is reported again when the cache is reused
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.speech_commands"):
+        SpeechCommandsDataModule(root=root).setup()
+    assert "skipped 2" in caplog.text
+
+
+def test_cache_is_reused(private_root, monkeypatch):
+    root = private_root("speech_commands")
+    first = SpeechCommandsDataModule(root=root)
+    first.setup()
+    mtimes = {p: p.stat().st_mtime_ns for p in first.cache_dir.iterdir()}
+    monkeypatch.setattr(SpeechCommandsDataModule, "_build_cache", lambda *a: pytest.fail("cache rebuilt"))
+    second = SpeechCommandsDataModule(root=root)
+    second.setup()
+    assert {p: p.stat().st_mtime_ns for p in second.cache_dir.iterdir()} == mtimes
+    assert torch.equal(first.val_set.tensors[0], second.val_set.tensors[0])
+
+
+def test_missing_folder_names_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        SpeechCommandsDataModule(root=tmp_path / "gsc").setup()
+    message = str(info.value)
+    assert str(tmp_path / "gsc" / "SpeechCommands" / "speech_commands_v0.02") in message
+    assert "download=True" in message and "validation_list.txt" in message
+
+
+def test_incomplete_folder_names_what_is_missing(private_root):
+    import shutil
+
+    root = private_root("speech_commands")
+    shutil.rmtree(root.joinpath(*BASE) / "marvin")
+    (root.joinpath(*BASE) / "testing_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no testing_list.txt; no word folders marvin"):
+        SpeechCommandsDataModule(root=root).prepare_data()
+    shutil.rmtree(root.joinpath(*BASE) / "_background_noise_")
+    with pytest.raises(FileNotFoundError, match="_background_noise_"):
+        SpeechCommandsDataModule(root=root, class_set="12class").prepare_data()
+
+
+@pytest.mark.parametrize("kwargs", [{"class_set": "10"}, {"silence_percentage": 120.0}, {"image_size": 0}])
+def test_bad_arguments(kwargs, tmp_path):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SpeechCommandsDataModule(root=tmp_path, **kwargs)
+
+
+def test_download_true_uses_torchaudio(data_roots, tmp_path, monkeypatch):
+    """No network in tests: torchaudio's download is replaced by a copy of the fixture."""
+    import shutil
+
+    import torchaudio.datasets
+
+    real = torchaudio.datasets.SPEECHCOMMANDS
+    downloads = []
+
+    class Fake(real):
+        def __init__(self, root, *args, download=False, **kwargs):
+            if download:
+                downloads.append(root)
+                shutil.copytree(data_roots["speech_commands"] / "SpeechCommands", f"{root}/SpeechCommands",
+                                ignore=shutil.ignore_patterns("bso_cache"))
+            super().__init__(root, *args, download=False, **kwargs)
+
+    monkeypatch.setattr(torchaudio.datasets, "SPEECHCOMMANDS", Fake)
+    dm = SpeechCommandsDataModule(root=tmp_path / "new", download=True)
+    dm.setup()
+    assert downloads == [str(tmp_path / "new")] and len(dm.train_set) == 35 * 2
