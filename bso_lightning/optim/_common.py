@@ -85,42 +85,58 @@ def check_binary_values(params: Iterable[Tensor], first_index: int = 0) -> None:
 
 
 # --------------------------------------------------------------------------- tensor helpers
+#
+# The update reads and writes each binary tensor a handful of times and nothing more: one fused
+# norm over all gradients (finiteness, and mean(G²) for T-BSO), one selection + one lerp for the
+# momentum, and four passes for the flip, all through a scratch buffer that is reused across
+# tensors and steps (no allocation of tensor-sized temporaries per step).
 
 
-def ema_candidates(states: Sequence[Tensor], updates: Sequence[Tensor], beta: float) -> list[Tensor]:
-    """Return ``beta * s + (1 - beta) * u`` for each pair, as new tensors (Eq. 11 / Eq. 13).
+def gradient_norms(grads: Sequence[Tensor]) -> list[Tensor]:
+    """L2 norm of every gradient (0-dim, fp32) with one ``torch._foreach_norm`` per device.
 
-    Uses ``torch._foreach_*`` per device; the caller decides per tensor whether to commit.
+    A norm is non-finite exactly when the gradient holds NaN/Inf (or its squares overflow).
     """
     by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, s in enumerate(states):
-        by_device[s.device].append(i)
+    for i, g in enumerate(grads):
+        by_device[g.device].append(i)
     out: dict[int, Tensor] = {}
     for indices in by_device.values():
-        new = torch._foreach_mul([states[i] for i in indices], beta)
-        torch._foreach_add_(new, [updates[i] for i in indices], alpha=1.0 - beta)
-        out.update(zip(indices, new))
-    return [out[i] for i in range(len(states))]
+        out.update(zip(indices, torch._foreach_norm([grads[i] for i in indices])))
+    return [out[i] for i in range(len(grads))]
 
 
-def commit_(state: Tensor, candidate: Tensor, ok: Tensor) -> None:
-    """``state <- candidate`` if the 0-dim bool ``ok`` is true, else unchanged (no sync)."""
-    state.copy_(torch.where(ok, candidate, state))
+def masked_ema_(momentum: Tensor, grad: Tensor, beta: float, ok: Tensor, scratch: Tensor) -> None:
+    """``M <- beta·M + (1 − beta)·G`` (Eq. 11 / Eq. 13) if the 0-dim bool ``ok``, else unchanged (no sync).
 
-
-def flip_where_(weight: Tensor, score: Tensor, threshold: float | Tensor, ok: Tensor) -> Tensor:
-    """Flip ``weight`` in place exactly where ``weight * score > threshold`` and ``ok``.
-
-    Eq. 12 / Eq. 14 without ``sign()`` (``sign(0) = 0`` would create zeros). Returns the mask.
+    Written as ``M.lerp_(G, (1 − beta)·ok)`` on a NaN/Inf-free copy of G, so a skipped tensor's
+    momentum stays exactly as it was and non-finite values never reach the state.
     """
-    mask = torch.gt(weight * score, threshold) & ok
-    weight.copy_(torch.where(mask, -weight, weight))
-    return mask
+    weight = ok.to(torch.float32) * (1.0 - beta)
+    momentum.lerp_(torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0, out=scratch), weight)
 
 
-def record_(state: dict[str, Tensor], mask: Tensor, ok: Tensor) -> None:
+def flip_(weight: Tensor, momentum: Tensor, threshold: float | Tensor, ok: Tensor, scratch: Tensor,
+          reset_momentum: bool = False) -> Tensor:
+    """Flip ``weight`` in place exactly where ``weight · momentum > threshold`` and ``ok`` (Eq. 12 / Eq. 14).
+
+    Never uses ``sign()`` (``sign(0) = 0`` would create zeros): ``W <- W − 2·W·[W·M > γ]``.
+    With ``reset_momentum`` the momentum is zeroed where a weight flipped. Returns the number
+    of flips as a 0-dim tensor (no sync).
+    """
+    limit = torch.where(ok, torch.as_tensor(threshold, dtype=torch.float32, device=weight.device), torch.inf)
+    flips = torch.mul(weight, momentum, out=scratch)
+    torch.gt(flips, limit, out=flips)  # 1.0 where the weight flips, else 0.0
+    weight.addcmul_(weight, flips, value=-2.0)
+    if reset_momentum:
+        momentum.addcmul_(momentum, flips, value=-1.0)
+    # a float32 sum of 0/1 values is exact below 2**24 entries (and much faster than count_nonzero)
+    return flips.sum(dtype=torch.float64 if flips.numel() >= 2**24 else torch.float32)
+
+
+def record_(state: dict[str, Tensor], flips: Tensor, ok: Tensor) -> None:
     """Update the per-tensor flip accounting (``last_flips``, ``nonfinite_steps``)."""
-    state["last_flips"].copy_(mask.sum())
+    state["last_flips"].copy_(flips)
     state["nonfinite_steps"].add_(~ok)
 
 
@@ -197,6 +213,14 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 self._init_state(p, self.state[p])
             params.append(p)
         return params
+
+    def _scratch_for(self, p: Tensor) -> Tensor:
+        """A float32 view shaped like ``p`` into a buffer reused by every tensor and step (not state)."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        buffer = buffers.get(p.device)
+        if buffer is None or buffer.numel() < p.numel():
+            buffer = buffers[p.device] = torch.empty(p.numel(), dtype=torch.float32, device=p.device)
+        return buffer[: p.numel()].view(p.shape)
 
     # -- accounting --------------------------------------------------------------------
 

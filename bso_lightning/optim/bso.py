@@ -12,9 +12,9 @@ from ._common import (
     check_decay,
     check_threshold,
     check_time_step,
-    commit_,
-    ema_candidates,
-    flip_where_,
+    flip_,
+    gradient_norms,
+    masked_ema_,
     record_,
 )
 
@@ -34,8 +34,8 @@ class BSO(BinaryOptimizer):
         reset_momentum_on_flip: set M to 0 where a weight flipped (the authors' code does
             this; the paper does not); key ``reset_momentum_on_flip``.
 
-    A tensor whose updated momentum is not finite (NaN/Inf gradient) is left untouched for
-    that step and counted in ``nonfinite_counts()``.
+    A tensor whose gradient is not finite (NaN/Inf, or squares overflowing float32) is left
+    untouched for that step and counted in ``nonfinite_counts()``.
     """
 
     def __init__(
@@ -67,14 +67,12 @@ class BSO(BinaryOptimizer):
             params = self._params_with_grad(group)
             if not params:
                 continue
-            momenta = [self.state[p]["momentum"] for p in params]
             grads = [p.grad.to(dtype=torch.float32) for p in params]
-            candidates = ema_candidates(momenta, grads, group["beta"])
-            for p, m, new_m in zip(params, momenta, candidates):
-                ok = torch.isfinite(new_m).all()
-                commit_(m, new_m, ok)
-                mask = flip_where_(p, m, group["threshold"], ok)
-                if group["reset_momentum_on_flip"]:
-                    m.masked_fill_(mask, 0.0)
-                record_(self.state[p], mask, ok)
+            for p, g, norm in zip(params, grads, gradient_norms(grads)):
+                state, scratch = self.state[p], self._scratch_for(p)
+                ok = torch.isfinite(norm)
+                masked_ema_(state["momentum"], g, group["beta"], ok, scratch)
+                flips = flip_(p, state["momentum"], group["threshold"], ok, scratch,
+                              reset_momentum=group["reset_momentum_on_flip"])
+                record_(state, flips, ok)
         return loss

@@ -14,9 +14,8 @@ from ._common import (
     check_eps,
     check_threshold,
     check_time_step,
-    commit_,
-    ema_candidates,
-    flip_where_,
+    flip_,
+    masked_ema_,
     record_,
 )
 
@@ -86,19 +85,17 @@ class TBSO(BinaryOptimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            momenta = [self.state[p]["momentum"] for p in params]
             grads = [p.grad.to(dtype=torch.float32) for p in params]
-            candidates = ema_candidates(momenta, grads, beta1)
-            for p, g, m, new_m in zip(params, grads, momenta, candidates):
-                state = self.state[p]
+            for p, g in zip(params, grads):
+                state, scratch = self.state[p], self._scratch_for(p)
                 v_t = self._v_with_length(state, t + 1)[t]
-                new_v_t = v_t * beta2 + g.square().mean() * (1.0 - beta2)
-                ok = torch.isfinite(new_m).all() & torch.isfinite(new_v_t)
-                commit_(m, new_m, ok)
-                commit_(v_t, new_v_t, ok)
+                flat = g.reshape(-1)
+                new_v_t = v_t * beta2 + torch.dot(flat, flat) * ((1.0 - beta2) / g.numel())  # mean(G²), one pass
+                ok = torch.isfinite(new_v_t)  # false exactly when G holds NaN/Inf or ‖G‖² overflows
+                masked_ema_(state["momentum"], g, beta1, ok, scratch)
+                v_t.copy_(torch.where(ok, new_v_t, v_t))
                 threshold = group["threshold"] * torch.sqrt(v_t + group["eps"])
-                mask = flip_where_(p, m, threshold, ok)
-                record_(state, mask, ok)
+                record_(state, flip_(p, state["momentum"], threshold, ok, scratch), ok)
         return loss
 
     def flip_thresholds(self, time_step: int) -> Tensor:
