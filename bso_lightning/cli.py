@@ -10,6 +10,9 @@ from typing import Optional
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
+from bso_lightning.tasks.faults import check_ckpt_path
+
 QUICKSTART_TRAINER = {"max_epochs": 15, "log_every_n_steps": 10}
 
 
@@ -33,13 +36,21 @@ class BSOLightningCLI(LightningCLI):
     def config_dump_value(self, key: str):
         return self.config[self.subcommand].get(key) if self.subcommand else self.config.get(key)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then check ``--ckpt_path``: a missing, empty or truncated file fails here, naming it, before
+        Lightning reads the checkpoint's hyper-parameters and before anything is written."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            check_ckpt_path(self.config[subcommand]["ckpt_path"])
+
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightningCLI:
     """Parse ``args`` (default: the command line) and, with ``run``, execute the subcommand."""
     return BSOLightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults=QUICKSTART_TRAINER,
+        trainer_defaults={**QUICKSTART_TRAINER, "callbacks": [CheckpointOnInterrupt()]},
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,

@@ -68,7 +68,7 @@ def dataset_not_found(
     )
     return DatasetNotFoundError(message, folder)
 
-from datamodules.sampling import EpochSeededSampler
+from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
 
 
 class BaseDataModule(L.LightningDataModule):
@@ -115,7 +115,8 @@ class BaseDataModule(L.LightningDataModule):
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split")
-        return DataLoader(
+        # the shuffled (training) loader is resumable mid-epoch: Lightning checkpoints its position
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,

@@ -1,11 +1,13 @@
-"""A shuffling sampler whose order depends only on (seed, epoch), so resumed runs see the same batches."""
+"""A shuffling sampler whose order depends only on (seed, epoch), so resumed runs see the same batches, and a
+training DataLoader whose position inside the epoch is saved in checkpoints (exact mid-epoch resume)."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sized
+import itertools
+from typing import Any, Iterable, Iterator, Optional, Sized
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -29,3 +31,79 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.data_source)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints mid-epoch and resumes exactly.
+
+    Lightning stores ``state_dict()`` of a training DataLoader that has one in every checkpoint
+    (``{"epoch", "batches"}``: the batches handed out so far in the current epoch) and hands it back
+    to ``load_state_dict`` when it resumes. The next pass over that same epoch then skips the batches
+    already trained on (only their indices are drawn, no sample is read), so a run resumed from a
+    mid-epoch checkpoint sees exactly the batches an uninterrupted run would.
+
+    * The epoch is read from the sampler (``sampler.epoch``, which Lightning sets through
+      ``set_epoch``); a pass starts lazily at its first batch, after Lightning has set the epoch, so
+      worker processes draw the right order too.
+    * Under DDP Lightning wraps the sampler in a distributed one; the skip applies to this rank's
+      batches, after that split.
+    * The dataset must be sized (map-style): Lightning then fetches exactly the batches it trains on.
+    """
+
+    _resume_from: Optional[tuple[Optional[int], int]] = None
+    _epoch: Optional[int] = None
+    _yielded: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_from = (state_dict["epoch"], int(state_dict["batches"]))
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._pass()
+
+    def _pass(self) -> Iterator[Any]:
+        epoch, skip = _sampler_epoch(self), 0
+        if self._resume_from is not None:
+            saved_epoch, saved_batches = self._resume_from
+            self._resume_from = None
+            skip = saved_batches if saved_epoch == epoch else 0
+        self._epoch, self._yielded = epoch, skip
+        batches = super().__iter__() if skip == 0 else iter(self._skipping(skip))
+        for batch in batches:
+            self._yielded += 1
+            yield batch
+
+    def _skipping(self, skip: int) -> DataLoader:
+        """A one-pass plain DataLoader over the same data and settings that leaves out the first ``skip`` batches."""
+        settings = {name: getattr(self, name) for name in _LOADER_SETTINGS if hasattr(self, name)}
+        if self.num_workers == 0:
+            settings.pop("prefetch_factor", None)
+        if self.batch_sampler is not None:
+            return DataLoader(self.dataset, batch_sampler=_Skip(self.batch_sampler, skip), **settings)
+        return DataLoader(self.dataset, batch_size=None, sampler=_Skip(self.sampler, skip), **settings)
+
+
+_LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
+                    "multiprocessing_context", "generator", "prefetch_factor", "pin_memory_device", "in_order")
+
+
+def _sampler_epoch(loader: DataLoader) -> Optional[int]:
+    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if getattr(sampler, "epoch", None) is not None:
+            return int(sampler.epoch)
+    return None
+
+
+class _Skip:
+    """Iterate ``source`` (a sampler or batch sampler) without its first ``count`` items."""
+
+    def __init__(self, source: Iterable[Any], count: int) -> None:
+        self.source, self.count = source, count
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.source), self.count, None)
+
+    def __len__(self) -> int:
+        return max(len(self.source) - self.count, 0)  # type: ignore[arg-type]

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from bso_lightning.cli import build_cli
@@ -49,9 +48,7 @@ def test_quickstart_end_to_end(tmp_path):
 
     checkpoints = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
     assert checkpoints, "fit saved no checkpoint"
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)
-    task = OnlineClassifier(**state["hyper_parameters"])
-    task.load_state_dict(state["state_dict"])
+    task = OnlineClassifier.load_from_checkpoint(checkpoints[-1], map_location="cpu")
     binary = task.split.binary
     assert binary
     for weight in binary:

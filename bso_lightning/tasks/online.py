@@ -14,6 +14,8 @@ hyper-parameter schedules advance once per epoch (or per batch, with ``schedule_
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -28,7 +30,11 @@ from bso_lightning.optim import (
     BSO, TBSO, BinaryHyperparameterScheduler, ConstantDecay, InverseSqrtDecay, StepDecay, check_partition,
     split_parameters,
 )
+from bso_lightning.optim._common import check_betas, check_decay, check_eps, check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
+from bso_lightning.tasks.faults import (
+    NonFiniteError, NonFiniteWarning, all_finite, check_compatible, describe_nonfinite, nonfinite_gradients, step_if,
+)
 from bso_lightning.tasks.loss import online_loss
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("bso", "tbso")
 UPDATES = ("realtime", "accumulated")
 SCHEDULES = ("constant", "step", "inv_sqrt")
+NONFINITE = ("skip", "raise")
 BN_RECALIBRATION_SEED = 1234
 
 
@@ -68,6 +75,12 @@ class OnlineClassifier(L.LightningModule):
         v_threshold: firing threshold Vth of every neuron.
         bn_recalibration_batches: before every validation/test/predict epoch, re-estimate BatchNorm
             statistics over this many training batches with the current weights (0 disables it).
+        nonfinite: what NaN/Inf does (see ``bso_lightning.tasks.faults``). ``"skip"``: a batch whose input is
+            not finite is dropped with a warning (one host sync per batch for that check); a non-finite gradient
+            changes nothing (BSO/T-BSO skip that tensor, the SGD step is undone on the device); both are counted
+            and logged as ``faults/nonfinite_inputs`` (batches) and ``faults/nonfinite_grads`` (skipped updates:
+            one per binary tensor and time step, plus one per full-precision step). ``"raise"``: stop with
+            ``NonFiniteError`` naming the batch, the time step and the culprit (one host sync per time step).
     """
 
     def __init__(
@@ -98,6 +111,7 @@ class OnlineClassifier(L.LightningModule):
         decay: float = 0.5,
         v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
+        nonfinite: Literal["skip", "raise"] = "skip",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,6 +120,9 @@ class OnlineClassifier(L.LightningModule):
         _check_choice("update_mode", update_mode, UPDATES)
         _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
+        _check_choice("nonfinite", nonfinite, NONFINITE)
+        # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
+        check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         if not isinstance(time_steps, int) or time_steps < 1:
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
         if not 0.0 <= mse_weight <= 1.0:
@@ -124,6 +141,8 @@ class OnlineClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
+        # [input batches skipped, full-precision steps skipped] for non-finite values; saved in checkpoints
+        self.register_buffer("_fault_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
 
     # ----------------------------------------------------------------- optimizers
     def _make_binary_optimizer(self) -> torch.optim.Optimizer:
@@ -167,11 +186,15 @@ class OnlineClassifier(L.LightningModule):
         functional.reset_net(self.model)
         return total / self.hparams.time_steps
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
         x, y = batch
         hp = self.hparams
         check_time_steps(x, hp.time_steps)
         binary_opt, fp_opt = self.optimizers()
+        if self._skip_nonfinite_input(x, batch_idx):
+            self._log_faults(binary_opt, len(y))
+            self._advance_schedules()
+            return None
         functional.reset_net(self.model)
         output_sum = torch.zeros((), device=self.device)
         loss_sum = torch.zeros((), device=self.device)
@@ -181,8 +204,7 @@ class OnlineClassifier(L.LightningModule):
             loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
             self.manual_backward(loss)
             if realtime or t == hp.time_steps - 1:
-                binary_opt.step(time_step=t if realtime else 0)
-                fp_opt.step()
+                self._optimizer_step(binary_opt, fp_opt, t if realtime else 0, batch_idx)
                 binary_opt.zero_grad(set_to_none=True)
                 fp_opt.zero_grad(set_to_none=True)
             output_sum = output_sum + out.detach()
@@ -191,15 +213,89 @@ class OnlineClassifier(L.LightningModule):
         self.train_acc(output_sum / hp.time_steps, y)
         self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        if hp.schedule_interval == "step":
-            self._binary_schedule().step()
+        self._log_faults(binary_opt, len(y))
+        self._advance_schedules()
         return loss_sum
 
-    def on_train_epoch_end(self) -> None:
+    def _advance_schedules(self) -> None:
+        """Step the schedules after a batch; the per-epoch ones after the epoch's last batch.
+
+        (Not in ``on_train_epoch_end``: like Lightning's own epoch-interval schedulers, they must have
+        stepped before a checkpoint saved at the end of the epoch's last batch, since a run resumed from
+        that checkpoint starts the next epoch without running the epoch-end hooks.)
+        """
         cosine, binary_schedule = self.lr_schedulers()
-        cosine.step()
-        if self.hparams.schedule_interval == "epoch":
+        if self.hparams.schedule_interval == "step":
             binary_schedule.step()
+        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            cosine.step()
+            if self.hparams.schedule_interval == "epoch":
+                binary_schedule.step()
+
+    # ----------------------------------------------------------------- non-finite values
+    def _skip_nonfinite_input(self, x: Tensor, batch_idx: int) -> bool:
+        """One finiteness check per batch (a host sync); under DDP every process skips (or raises) together."""
+        local = not bool(torch.isfinite(x).all())
+        if not self.trainer.strategy.reduce_boolean_decision(local, all=False):
+            return False
+        what = f"its input holds {describe_nonfinite(x)}" if local else "the batch of another process holds NaN/Inf"
+        where = f"batch {batch_idx} of epoch {self.current_epoch}"
+        if self.hparams.nonfinite == "raise":
+            raise NonFiniteError(f"{where}: {what} (nonfinite='raise'; nonfinite='skip' drops such batches)")
+        warnings.warn(f"{where} skipped: {what} (nonfinite='skip')", NonFiniteWarning, stacklevel=2)
+        self._fault_counts[0] += 1
+        return True
+
+    def _optimizer_step(self, binary_opt, fp_opt, time_step: int, batch_idx: int) -> None:
+        if self.hparams.nonfinite == "raise":
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if not bool(all_finite(grads)):  # one host sync per time step in "raise" mode
+                raise NonFiniteError(
+                    f"batch {batch_idx} of epoch {self.current_epoch}, time step {time_step}: the gradient of "
+                    f"{', '.join(nonfinite_gradients(self.named_parameters()))} is not finite "
+                    "(nonfinite='raise'; this step's update was not applied)")
+            binary_opt.step(time_step=time_step)
+            fp_opt.step()
+            return
+        ok = all_finite([p.grad for p in self.split.full_precision if p.grad is not None])
+        binary_opt.step(time_step=time_step)  # leaves a tensor with a non-finite update as it is (no sync)
+        step_if(fp_opt, ok)  # the SGD step is undone on the device if a full-precision gradient is not finite
+        self._fault_counts[1] += ~ok
+
+    def _log_faults(self, binary_opt, batch_size: int) -> None:
+        """Cumulative counts (no host sync): batches dropped, updates skipped for non-finite gradients."""
+        skipped_updates = binary_opt.nonfinite_counts().sum() + self._fault_counts[1]
+        self.log("faults/nonfinite_inputs", self._fault_counts[0].float(), batch_size=batch_size)
+        self.log("faults/nonfinite_grads", skipped_updates.float(), batch_size=batch_size)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the running training accuracy of the epoch and the fault counts (exact mid-epoch resume)."""
+        checkpoint["online_classifier"] = {
+            "epoch": self.current_epoch,
+            "train_acc": {k: v.detach().clone() for k, v in self.train_acc.metric_state.items()
+                          if isinstance(v, Tensor)},
+            "fault_counts": self._fault_counts.detach().clone(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture (naming the file); restore what ``on_save_checkpoint`` added."""
+        saved = checkpoint.get("hyper_parameters")
+        if isinstance(saved, Mapping):
+            path = self._trainer.ckpt_path if self._trainer is not None else None
+            check_compatible(saved, self.hparams, path or "<checkpoint>")
+        extra = checkpoint.get("online_classifier", {})
+        self._resumed_train_acc = (extra.get("epoch"), extra.get("train_acc", {}))
+        if "fault_counts" in extra:
+            self._fault_counts.copy_(extra["fault_counts"])
+
+    def on_train_start(self) -> None:
+        """Resuming mid-epoch: continue the epoch's training accuracy from the checkpoint."""
+        epoch, state = getattr(self, "_resumed_train_acc", (None, {}))
+        self._resumed_train_acc = (None, {})
+        if epoch == self.current_epoch:  # (not when the saved epoch had ended)
+            for name, value in state.items():
+                setattr(self.train_acc, name, value.to(self.device))
 
     def _binary_schedule(self) -> BinaryHyperparameterScheduler:
         return self.lr_schedulers()[1]
@@ -210,7 +306,7 @@ class OnlineClassifier(L.LightningModule):
         output = self(x)
         loss = online_loss(output, y, 1, self.hparams.mse_weight)
         metric(output, y)
-        self.log(f"{stage}/loss", loss, batch_size=len(y))
+        self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)  # mean over DDP processes at epoch end
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -243,15 +339,23 @@ class OnlineClassifier(L.LightningModule):
         if loader is None:
             return 0
         was_training = self.training
+
+        def forward(batch) -> None:
+            x = self._to_device(batch)[0]
+            if bool(torch.isfinite(x).all()):  # a batch holding NaN/Inf would poison the statistics: left out
+                self(x)
+
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(BN_RECALIBRATION_SEED)
-            used = recalibrate_batchnorm(
-                self.model, loader, lambda batch: self(self._to_device(batch)[0]), max_batches=n)
+            used = recalibrate_batchnorm(self.model, loader, forward, max_batches=n)
         self.train(was_training)
         return used
 
     def _to_device(self, batch):
-        return self.trainer.strategy.batch_to_device(batch) if self._trainer is not None else batch
+        if self._trainer is None:
+            return batch
+        # as the loops do: the precision plugin's input conversion (bf16-true: float inputs to bf16), then the device
+        return self.trainer.strategy.batch_to_device(self.trainer.precision_plugin.convert_input(batch))
 
     def _train_loader_for_recalibration(self):
         trainer = self._trainer

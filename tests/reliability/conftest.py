@@ -1,0 +1,32 @@
+import importlib.util
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bso_lightning.cli import build_cli
+from tests.reliability.helpers import REPO, cli_args, snapshot
+
+
+@pytest.fixture
+def restore_sigint():
+    """Lightning ignores SIGINT after handling a KeyboardInterrupt; give pytest its Ctrl+C back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path_factory) -> Path:
+    """A tiny CIFAR-10 in torchvision's pickle layout, written by the checked-in fixture generator."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", REPO / "tests" / "fixtures" / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_cifar10(tmp_path_factory.mktemp("data"), np.random.default_rng(0))
+
+
+@pytest.fixture(scope="session")
+def cli_reference(tmp_path_factory):
+    """Snapshot of one uninterrupted ``bso-lightning fit`` run of :func:`cli_args` (in this process)."""
+    return snapshot(build_cli(cli_args(tmp_path_factory.mktemp("cli_reference"))).trainer)

@@ -1,0 +1,155 @@
+"""Bad input fails before training with a message naming the culprit, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bso_lightning.cli import build_cli
+from bso_lightning.models import ARCHITECTURES
+from bso_lightning.optim import BSO, TBSO
+from bso_lightning.tasks.faults import CheckpointError
+from datamodules import DataFileError, DatasetNotFoundError
+from tests.reliability.helpers import digits, make_task, make_trainer
+
+TINY = ["--model.init_args.arch_kwargs", '{"width": 8}', "--model.init_args.time_steps", "2",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory (the CLI's default root) whose content is compared after the failure."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _fails(workdir: Path, args: list[str], error: type[BaseException], *culprits: str, capsys=None,
+           new_log_version: bool = False) -> None:
+    """``bso-lightning fit`` fails with ``error`` naming every culprit and writes nothing (with
+    ``new_log_version``: nothing but the logger's files of a new, empty run version)."""
+    before = _files(workdir)
+    with pytest.raises(error) as info:
+        build_cli(["fit", *TINY, *args])
+    message = str(info.value) + (capsys.readouterr().err if capsys is not None else "")
+    for culprit in culprits:
+        assert culprit in message, message[-2000:]
+    after = _files(workdir)
+    if new_log_version:
+        assert all(name.startswith("lightning_logs/version_0/") and not name.endswith(".ckpt")
+                   for name in after.keys() - before.keys()), sorted(after)
+        after = {name: data for name, data in after.items() if name in before}
+    assert after == before, "something was written"
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+
+
+@pytest.mark.parametrize("args, culprits", [
+    (["--model.init_args.threshold", "-1"], ["threshold must be a finite number >= 0, got -1.0"]),
+    (["--model.init_args.time_steps", "0"], ["time_steps must be an integer >= 1, got 0"]),
+    (["--model.init_args.betas", "[0.999, 1.0]"], ["betas[1] must be in [0, 1), got 1.0"]),
+], ids=["threshold", "time_steps", "betas"])
+def test_invalid_hyper_parameter_on_the_command_line(workdir, args, culprits):
+    _fails(workdir, args, ValueError, *culprits)
+
+
+def test_invalid_hyper_parameter_in_yaml_even_if_the_optimizer_ignores_it(workdir):
+    config = workdir / "bad.yaml"
+    config.write_text("model:\n  class_path: bso_lightning.tasks.OnlineClassifier\n"
+                      "  init_args:\n    optimizer: tbso\n    beta: 1.5\n")
+    _fails(workdir, ["--config", str(config)], ValueError, "beta must be in [0, 1), got 1.5")
+
+
+@pytest.mark.parametrize("key, value", [("optimizer", "adam"), ("nonfinite", "ignore")])
+def test_unknown_choice_is_a_parser_error_naming_the_key(workdir, capsys, key, value):
+    _fails(workdir, [f"--model.init_args.{key}", value], SystemExit, f'Parser key "{key}"', value, capsys=capsys)
+
+
+def test_model_without_binary_parameters(workdir, monkeypatch):
+    def full_precision_only(num_classes, in_channels, **_):
+        return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3), torch.nn.Flatten(),
+                                   torch.nn.LazyLinear(num_classes))
+
+    monkeypatch.setitem(ARCHITECTURES, "fp_only", full_precision_only)
+    _fails(workdir, ["--model.init_args.arch", "fp_only"], ValueError,
+           "arch 'fp_only' has no binary parameters for TBSO to train")
+    with pytest.raises(ValueError, match="BSO got an empty parameter list"):
+        BSO([])
+    weight = torch.nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"parameter 0 \(shape \[3, 3\]\) holds values other than ±1"):
+        TBSO([weight])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny model (width 8), written outside the working directory."""
+    root = tmp_path_factory.mktemp("ckpt")
+    trainer = make_trainer(root, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(make_task(), datamodule=digits())
+    trainer.save_checkpoint(root / "tiny.ckpt")
+    return root / "tiny.ckpt"
+
+
+@pytest.mark.parametrize("kwargs, mismatch", [
+    ({"arch_kwargs": {"width": 16}}, "arch_kwargs: checkpoint {'width': 8}, model {'width': 16}"),
+    ({"optimizer": "bso"}, "optimizer: checkpoint 'tbso', model 'bso'"),
+])
+def test_checkpoint_of_another_architecture(workdir, checkpoint, kwargs, mismatch):
+    """The module refuses it in ``on_load_checkpoint``, naming the file and the mismatch, before any weight is
+    loaded. (``bso-lightning fit --ckpt_path`` rebuilds the model from the checkpoint's hyper-parameters.)"""
+    saved = checkpoint.read_bytes()
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(workdir, max_epochs=1).fit(make_task(**kwargs), datamodule=digits(), ckpt_path=checkpoint)
+    assert f"checkpoint {checkpoint}: was written by a different architecture ({mismatch})" in str(info.value)
+    assert checkpoint.read_bytes() == saved and not any(workdir.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_unreadable_checkpoint_file(workdir, checkpoint, damage):
+    path = checkpoint.with_name(f"{damage}.ckpt")
+    if damage == "truncated":  # e.g. the job was killed while saving
+        path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    reason = {"truncated": "truncated or corrupt", "empty": "is empty", "missing": "no such file"}[damage]
+    _fails(workdir, ["--ckpt_path", str(path)], CheckpointError, f"checkpoint {path}", reason)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _cifar(root: Path) -> list[str]:
+    return ["--data", "datamodules.CIFAR10DataModule", "--data.root", str(root), "--data.batch_size", "4"]
+
+
+def test_dataset_folder_missing(workdir):
+    root = workdir.parent / "no_data_here"
+    _fails(workdir, _cifar(root), DatasetNotFoundError, f"CIFAR-10 not found in {root / 'cifar-10-batches-py'}",
+           "folder does not exist", "download=True")
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("damage", ["file missing", "file truncated"])
+def test_dataset_folder_half_written(workdir, cifar10_root, damage):
+    folder = cifar10_root / "cifar-10-batches-py"
+    if damage == "file missing":
+        (folder / "data_batch_5").unlink()
+        error, culprits = DatasetNotFoundError, [str(folder), "missing data_batch_5"]
+    else:
+        data = (folder / "data_batch_2").read_bytes()
+        (folder / "data_batch_2").write_bytes(data[: len(data) // 3])
+        error, culprits = DataFileError, [f"cannot read {folder / 'data_batch_2'}"]
+    before = _files(cifar10_root)
+    # the files are read in setup(), after the logger has opened a new run version: that is all that is written
+    _fails(workdir, _cifar(cifar10_root), error, *culprits, new_log_version=damage == "file truncated")
+    assert _files(cifar10_root) == before

@@ -1,0 +1,141 @@
+"""Exact resume: a run stopped after K batches and resumed from its checkpoint ends bit-for-bit like an
+uninterrupted run (weights, optimizer state, schedules, metrics), mid-epoch included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
+from bso_lightning.cli import build_cli
+from bso_lightning.tasks.faults import check_checkpoint
+from datamodules import DigitsDataModule
+from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
+from tests.reliability.helpers import (
+    BATCHES, EPOCHS, REPO, InterruptAt, RecordBatches, assert_same, cli_args, digits, make_task, make_trainer,
+    snapshot,
+)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run: EPOCHS x BATCHES batches."""
+    recorder = RecordBatches()
+    trainer = make_trainer(tmp_path_factory.mktemp("reference"), callbacks=[recorder])
+    trainer.fit(make_task(), datamodule=digits())
+    return snapshot(trainer), recorder.seen
+
+
+# --------------------------------------------------------------------------- the data loader
+
+
+def _labels(loader):
+    return [batch[1].tolist() for batch in loader]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_resumes_its_epoch_after_the_consumed_batches(num_workers):
+    data = DigitsDataModule(batch_size=100, num_workers=num_workers)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert isinstance(loader, ResumableDataLoader) and isinstance(loader.sampler, EpochSeededSampler)
+    loader.sampler.set_epoch(3)
+    full = _labels(loader)
+    consumed = iter(loader)
+    for _ in range(4):
+        next(consumed)
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches": 4}
+
+    fresh = DigitsDataModule(batch_size=100, num_workers=num_workers)
+    fresh.setup("fit")
+    resumed = fresh.train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # Lightning sets the epoch after loading the state, before the first batch
+    assert len(resumed) == len(full)
+    assert _labels(resumed) == full[4:]
+    assert _labels(resumed) == full  # only the resumed pass skips
+    assert resumed.state_dict() == {"epoch": 3, "batches": len(full)}
+
+    other_epoch = fresh.train_dataloader()
+    other_epoch.load_state_dict(state)
+    other_epoch.sampler.set_epoch(4)  # the saved epoch had ended: nothing to skip in the next one
+    assert len(_labels(other_epoch)) == len(full)
+
+
+# --------------------------------------------------------------------------- stop after K batches, resume
+
+
+def test_interrupted_run_resumes_exactly_from_its_interrupt_and_periodic_checkpoints(tmp_path, reference,
+                                                                                   restore_sigint):
+    """Ctrl+C in the middle of batch 6 (epoch 1) stops at the end of that batch and saves ``interrupted.ckpt``;
+    ``ModelCheckpoint(every_n_train_steps)`` saved at the end of the last batch of epoch 0. Both resume to the
+    uninterrupted run, bit for bit."""
+    saver = CheckpointOnInterrupt(dirpath=str(tmp_path / "ckpt"))
+    periodic = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2 * 2 * BATCHES, save_top_k=-1,
+                               filename="{step}")  # global_step counts both optimizers at each of the T = 2 steps
+    ctrl_c = InterruptAt(2 * 2 * 5 + 1)  # batch 6 takes global steps 20..23
+    trainer = make_trainer(tmp_path / "run", callbacks=[ctrl_c, saver, periodic], enable_checkpointing=True)
+    with pytest.raises(SystemExit):  # Lightning turns KeyboardInterrupt into sys.exit(1) after on_exception
+        trainer.fit(make_task(), datamodule=digits())
+    assert trainer.interrupted and trainer.global_step == 2 * 2 * 6
+    assert saver.saved_path == str(tmp_path / "ckpt" / "interrupted.ckpt")
+    expected, seen = reference
+    for path, done in [(saver.saved_path, 6), (tmp_path / "ckpt" / f"step={2 * 2 * BATCHES}.ckpt", BATCHES)]:
+        check_checkpoint(path)
+        recorder = RecordBatches()
+        resumed = make_trainer(tmp_path / f"resumed{done}", callbacks=[recorder])
+        resumed.fit(make_task(seed=123), datamodule=digits(), ckpt_path=path)  # other init: all from the file
+        assert recorder.seen == seen[done:], path  # exactly the batches the stopped run had not trained on
+        assert_same(expected, snapshot(resumed), str(path))
+
+
+def test_interrupt_in_the_middle_of_a_batch_saves_nothing(tmp_path, restore_sigint):
+    """(A second Ctrl+C, or one under DDP.)"""
+    saver = CheckpointOnInterrupt(dirpath=str(tmp_path / "ckpt"))
+    trainer = make_trainer(tmp_path / "run", callbacks=[InterruptAt(5, raise_now=True), saver])
+    with pytest.raises(SystemExit):
+        trainer.fit(make_task(), datamodule=digits())
+    assert trainer.global_step == 5  # stopped between the two optimizers' steps of a time step
+    assert saver.saved_path is None and not (tmp_path / "ckpt").exists()
+
+
+# --------------------------------------------------------------------------- a real SIGTERM, through the CLI
+
+
+def test_sigterm_to_a_cli_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path, cli_reference):
+    marker = tmp_path / "waiting"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bso_lightning.cli", *cli_args(
+            tmp_path / "killed", "--trainer.callbacks+=tests.reliability.helpers.WaitForSigterm",
+            "--trainer.callbacks.k", "6", "--trainer.callbacks.marker", str(marker))],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), child.communicate(timeout=60)[0][-3000:]
+        child.send_signal(signal.SIGTERM)
+        output = child.communicate(timeout=120)[0]
+    finally:
+        if child.poll() is None:
+            child.kill()
+    saved = list((tmp_path / "killed").rglob("interrupted.ckpt"))
+    assert len(saved) == 1, output[-3000:]
+    assert saved[0].parent.name == "checkpoints"  # beside the periodic checkpoints, in the run's log folder
+    check_checkpoint(saved[0])
+
+    assert child.returncode == 128 + signal.SIGTERM  # not 0: the run did not finish
+
+    resumed = build_cli(cli_args(tmp_path / "resumed", "--ckpt_path", str(saved[0])))
+    assert resumed.trainer.global_step == 2 * 2 * EPOCHS * BATCHES
+    assert_same(cli_reference, snapshot(resumed.trainer))
+    assert torch.equal(resumed.trainer.lightning_module._fault_counts, torch.zeros(2, dtype=torch.int64))
