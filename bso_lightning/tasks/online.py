@@ -25,6 +25,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.models import build_model
+from bso_lightning.nn import binarize_
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.optim import (
     BSO, TBSO, BinaryHyperparameterScheduler, ConstantDecay, InverseSqrtDecay, StepDecay, check_partition,
@@ -33,7 +34,8 @@ from bso_lightning.optim import (
 from bso_lightning.optim._common import check_betas, check_decay, check_eps, check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.faults import (
-    NonFiniteError, NonFiniteWarning, all_finite, check_compatible, describe_nonfinite, nonfinite_gradients, step_if,
+    CheckpointError, NonFiniteError, NonFiniteWarning, all_finite, check_checkpoint, check_compatible,
+    describe_nonfinite, nonfinite_gradients, step_if,
 )
 from bso_lightning.tasks.loss import online_loss
 
@@ -81,6 +83,9 @@ class OnlineClassifier(L.LightningModule):
             and logged as ``faults/nonfinite_inputs`` (batches) and ``faults/nonfinite_grads`` (skipped updates:
             one per binary tensor and time step, plus one per full-precision step). ``"raise"``: stop with
             ``NonFiniteError`` naming the batch, the time step and the culprit (one host sync per time step).
+        pretrained: a Lightning checkpoint whose model weights (binary ones included) initialise this model —
+            only the weights: epochs, optimizer state and schedules start afresh (ImageNet: pre-train with
+            T = 1, then fine-tune with T = 4–6 from those weights). The architecture must match.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class OnlineClassifier(L.LightningModule):
         v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
         nonfinite: Literal["skip", "raise"] = "skip",
+        pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,11 +144,24 @@ class OnlineClassifier(L.LightningModule):
             raise ValueError(f"arch {arch!r} has no binary parameters for {optimizer.upper()} to train")
         self._make_binary_optimizer()  # validates the BSO/T-BSO hyper-parameters before any training
         self._make_schedule_decay()
+        if pretrained:
+            self._load_pretrained_weights(pretrained)
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
         # [input batches skipped, full-precision steps skipped] for non-finite values; saved in checkpoints
         self.register_buffer("_fault_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+
+    def _load_pretrained_weights(self, path: str) -> None:
+        check_checkpoint(path, self.hparams)  # names the file if it is missing, truncated or of another architecture
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(path, f"its model weights do not fit arch {self.hparams.arch!r}: {error}") from error
+        for weight in self.split.binary:
+            binarize_(weight)  # already ±1 in a BSO checkpoint; this also maps a latent-weight checkpoint to ±1
 
     # ----------------------------------------------------------------- optimizers
     def _make_binary_optimizer(self) -> torch.optim.Optimizer:

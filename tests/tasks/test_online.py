@@ -134,3 +134,23 @@ def test_sequence_batch_presents_one_frame_per_step_and_static_input_every_step(
     image = torch.rand(2, 1, 16, 16)
     task(image)
     assert len(seen) == 3 and all(torch.equal(x, image) for x in seen)
+
+
+def test_pretrained_weights_initialise_a_fine_tune_with_another_T(tmp_path, digits):
+    L.seed_everything(0)
+    pretrain = make_task(time_steps=1)
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(pretrain, datamodule=digits)
+    ckpt = tmp_path / "pretrain.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    L.seed_everything(1)
+    finetune = make_task(time_steps=3, threshold=1e-11, betas=(0.99999999, 0.99999), pretrained=str(ckpt))
+    for a, b in zip(pretrain.model.state_dict().values(), finetune.model.state_dict().values()):
+        assert torch.equal(a, b)
+    trainer = make_trainer(tmp_path / "ft", max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(finetune, datamodule=digits)  # optimizer state and epochs start afresh
+    assert trainer.global_step == 2 * 2 * 3
+
+    with pytest.raises(Exception, match="pretrain.ckpt"):
+        make_task(arch_kwargs={"width": 16}, pretrained=str(ckpt))  # another architecture, named with the file
