@@ -1,0 +1,205 @@
+"""Helpers shared by the benchmark scripts: the four methods, the machine, tables and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere: import the package and datamodules
+    sys.path.insert(0, str(ROOT))
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+#: Method name -> label used in tables and plots (the paper's Figure 4 names).
+METHODS: dict[str, str] = {
+    "bptt_latent": "BPTT (latent weights)",
+    "ottt_fp": "OTTT (full precision)",
+    "bso": "BSO",
+    "tbso": "T-BSO",
+}
+
+
+def make_task(method: str, arch: str, time_steps: int, num_classes: int = 10, in_channels: int = 3,
+              arch_kwargs: Optional[dict[str, Any]] = None, **overrides):
+    """The LightningModule of ``method`` with the shared arguments (each class's defaults otherwise)."""
+    from bso_lightning.tasks import BPTTLatentClassifier, OnlineClassifier, OTTTClassifier
+
+    shared = dict(arch=arch, num_classes=num_classes, in_channels=in_channels, arch_kwargs=arch_kwargs,
+                  time_steps=time_steps, **overrides)
+    if method == "bptt_latent":
+        return BPTTLatentClassifier(**shared)
+    if method == "ottt_fp":
+        return OTTTClassifier(**shared)
+    if method in ("bso", "tbso"):
+        return OnlineClassifier(optimizer=method, **shared)
+    raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info lines and the warnings about tiny dataloaders in benchmark output."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (it sets its loggers to INFO when imported: import first, then lower)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def make_trainer(max_epochs: int = 1, accelerator: str = "cpu", **kwargs):
+    import lightning as L
+
+    defaults = dict(accelerator=accelerator, devices=1, max_epochs=max_epochs, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0)
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _run(cmd: Sequence[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return ""
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: CPU model, cores, memory, load, library versions, GPU."""
+    import lightning
+    import spikingjelly  # noqa: F401
+    import torch
+
+    lscpu = _run(["lscpu"])
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+                 platform.processor() or platform.machine())
+    free = _run(["free", "-g"]).splitlines()
+    mem_total_gb = free[1].split()[1] if len(free) > 1 and len(free[1].split()) > 1 else "?"
+    try:
+        from importlib.metadata import version
+        sj_version = version("spikingjelly")
+    except Exception:  # pragma: no cover
+        sj_version = "?"
+    info: dict[str, Any] = {
+        "cpu": model,
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": mem_total_gb,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "spikingjelly": sj_version,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    gpu = f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"
+    return (f"{info['cpu']}, {info['nproc']} cores ({info['torch_threads']} torch threads), "
+            f"{info['memory_gb']} GB RAM{gpu}; Python {info['python']}, torch {info['torch']}, "
+            f"lightning {info['lightning']}, spikingjelly {info['spikingjelly']}; "
+            f"1-min load average at start {info['load_average_1m']}; {info['date']}")
+
+
+# --------------------------------------------------------------------------- numbers and tables
+
+
+def mib(n_bytes: float) -> float:
+    return n_bytes / 2**20
+
+
+def fmt_mib(n_bytes: Optional[float]) -> str:
+    if n_bytes is None:
+        return "—"
+    return f"{mib(n_bytes):,.1f}" if mib(n_bytes) >= 10 else f"{mib(n_bytes):.2f}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def timed(fn: Callable[[], Any], sync: Optional[Callable[[], None]] = None) -> float:
+    """Seconds one call of ``fn`` takes (``sync`` runs before the clock stops, e.g. CUDA synchronize)."""
+    start = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- files
+
+
+def add_output_args(parser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes for a smoke test (seconds); writes files only with --out")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 with --quick). On a machine shared with "
+                             "other jobs, 1 thread avoids OpenMP threads waiting on each other")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for the result files (default: {RESULTS_DIR.relative_to(ROOT)} "
+                             "for full runs, none for --quick)")
+
+
+def apply_threads(args) -> None:
+    """Set torch's CPU threads from ``--threads`` (1 under ``--quick`` unless given)."""
+    import torch
+
+    if args.threads is None and args.quick:
+        args.threads = 1
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def output_dir(args) -> Optional[Path]:
+    out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def command_line() -> str:
+    return " ".join(["python", *[a if " " not in a else repr(a) for a in [os.path.relpath(sys.argv[0], ROOT),
+                                                                          *sys.argv[1:]]]])
+
+
+def write_results(out: Optional[Path], name: str, markdown: str, data: dict[str, Any]) -> None:
+    """Write ``<name>.md`` (the printed table with the machine and command) and ``<name>.json``."""
+    if out is None:
+        return
+    (out / f"{name}.md").write_text(markdown + "\n")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {out / (name + '.md')} and {name}.json", flush=True)
+
+
+def report_header(title: str, info: dict[str, Any]) -> str:
+    return f"## {title}\n\nMachine: {machine_line(info)}\n\nCommand: `{command_line()}`\n"

@@ -1,0 +1,261 @@
+"""Baselines beside the BSO/T-BSO classifier, on the same models, loss, data and evaluation.
+
+* :class:`OTTTClassifier` — full-precision online training through time (OTTT): the same per-time-step
+  loop as :class:`OnlineClassifier` (forward, L[t], backward, step at every t), but the hidden convolutions
+  have real-valued weights and one SGD optimizer (cosine-annealed) trains every parameter.
+* :class:`BPTTLatentClassifier` — the usual BSNN recipe: real-valued latent weights, ``sign`` in the forward
+  pass, straight-through estimator ``1_{|w| ≤ 1}`` in the backward, neurons that keep their gradient across
+  time steps, one backward through all T steps per batch, latent weights clipped to [−1, 1] after each step.
+
+Both take the :class:`OnlineClassifier` arguments that apply to them (``arch``, ``num_classes``,
+``in_channels``, ``time_steps``, ``lr``, ...), build the same architecture with other weights or neurons
+(:func:`bso_lightning.models.variants.build_variant`), use the same loss (Eq. 8), and evaluate exactly as the
+online classifier does: its prediction (mean output over T), metrics and BatchNorm re-estimation methods are
+reused as they are. They are not subclasses of it (none of its BSO/T-BSO settings, checkpoint extras or
+fault handling apply). Select them from a LightningCLI config with
+``model.class_path: bso_lightning.tasks.OTTTClassifier`` (or ``BPTTLatentClassifier``).
+
+Step counting (``trainer.global_step`` counts every ``optimizer.step()``): OTTT has one optimizer, so it grows
+by T per batch in ``realtime`` mode and by 1 in ``accumulated`` mode; BPTT steps two optimizers once per
+batch (+2 per batch). The cosine learning rates advance once per epoch (after its last batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from spikingjelly.activation_based import functional
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from bso_lightning.models.variants import build_variant
+from bso_lightning.nn.latent import clip_latent_, latent_parameters
+from bso_lightning.optim import check_partition, split_parameters
+from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
+from bso_lightning.tasks.loss import online_loss
+from bso_lightning.tasks.online import UPDATES, OnlineClassifier
+
+LATENT_OPTIMIZERS = ("adam", "sgd")
+
+
+class _BaselineClassifier(L.LightningModule):
+    """Construction, evaluation and logging shared by the baselines (subclasses save their own arguments).
+
+    Evaluation is :class:`OnlineClassifier`'s own code, borrowed method by method below: it reads only
+    ``self.model``, the accuracy metrics and the hyper-parameters ``time_steps``, ``mse_weight`` and
+    ``bn_recalibration_batches``.
+    """
+
+    forward = OnlineClassifier.forward
+    _evaluate = OnlineClassifier._evaluate
+    validation_step = OnlineClassifier.validation_step
+    test_step = OnlineClassifier.test_step
+    predict_step = OnlineClassifier.predict_step
+    on_validation_epoch_start = OnlineClassifier.on_validation_epoch_start
+    on_test_epoch_start = OnlineClassifier.on_test_epoch_start
+    on_predict_epoch_start = OnlineClassifier.on_predict_epoch_start
+    recalibrate_batchnorm = OnlineClassifier.recalibrate_batchnorm
+    _to_device = OnlineClassifier._to_device
+    _train_loader_for_recalibration = OnlineClassifier._train_loader_for_recalibration
+
+    def _build(self, weights: str, neuron: str) -> None:
+        hp = self.hparams
+        self.automatic_optimization = False
+        if not isinstance(hp.time_steps, int) or hp.time_steps < 1:
+            raise ValueError(f"time_steps must be an integer >= 1, got {hp.time_steps!r}")
+        if not 0.0 <= hp.mse_weight <= 1.0:
+            raise ValueError(f"mse_weight must lie in [0, 1], got {hp.mse_weight}")
+        if hp.lr < 0 or hp.momentum < 0 or hp.weight_decay < 0:
+            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {hp.lr}, {hp.momentum}, {hp.weight_decay}")
+        if hp.bn_recalibration_batches < 0:
+            raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
+        if "update_mode" in hp and hp.update_mode not in UPDATES:
+            raise ValueError(f"update_mode must be one of {UPDATES}, got {hp.update_mode!r}")
+        self.model = build_variant(hp.arch, weights=weights, neuron=neuron, num_classes=hp.num_classes,
+                                   in_channels=hp.in_channels, trace=hp.get("trace", "ottt"), decay=hp.decay,
+                                   v_threshold=hp.v_threshold, **(hp.arch_kwargs or {}))
+        self.split = split_parameters(self.model)
+        self.train_acc = MulticlassAccuracy(hp.num_classes)
+        self.val_acc = MulticlassAccuracy(hp.num_classes)
+        self.test_acc = MulticlassAccuracy(hp.num_classes)
+
+    def _cosine_epochs(self) -> int:
+        hp = self.hparams
+        trainer = self.trainer
+        epochs = hp.cosine_epochs or (trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None)
+        if epochs is None:
+            raise ValueError("cosine_epochs must be set when the trainer has no max_epochs (the cosine schedule "
+                             "of the learning rate runs over epochs)")
+        return epochs
+
+    def _log_train(self, output_sum: Tensor, loss_sum: Tensor, y: Tensor) -> None:
+        self.train_acc(output_sum / self.hparams.time_steps, y)
+        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def _advance_schedules(self) -> None:
+        """Step the cosine schedules after the epoch's last batch (before a checkpoint saved there, as
+        ``OnlineClassifier`` does, so a run resumed from it continues with the right learning rate)."""
+        if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+
+class OTTTClassifier(_BaselineClassifier):
+    """Full-precision online training (OTTT): BSO's online loop with real-valued weights and SGD.
+
+    Args:
+        arch, num_classes, in_channels, arch_kwargs, time_steps, trace, update_mode, mse_weight, decay,
+        v_threshold, bn_recalibration_batches: as in :class:`OnlineClassifier`.
+        lr, momentum, weight_decay: SGD for **every** parameter (hidden convs included), cosine-annealed to 0
+            over ``cosine_epochs`` (default ``trainer.max_epochs``).
+    """
+
+    def __init__(
+        self,
+        arch: str = "small_cnn",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        arch_kwargs: Optional[dict[str, Any]] = None,
+        time_steps: int = 4,
+        trace: Literal["ottt", "ndot"] = "ottt",
+        update_mode: Literal["realtime", "accumulated"] = "realtime",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        cosine_epochs: Optional[int] = None,
+        mse_weight: float = 0.05,
+        decay: float = 0.5,
+        v_threshold: float = 1.0,
+        bn_recalibration_batches: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._build(weights="full_precision", neuron="online")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=hp.lr,
+                              momentum=hp.momentum, weight_decay=hp.weight_decay)
+        check_partition(self.model, [opt])
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self._cosine_epochs(), eta_min=0.0)
+        return [opt], [cosine]
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        hp = self.hparams
+        check_time_steps(x, hp.time_steps)
+        opt = self.optimizers()
+        functional.reset_net(self.model)
+        output_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        realtime = hp.update_mode == "realtime"
+        for t in range(hp.time_steps):
+            out = self.model(input_at_time_step(x, t))
+            loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
+            self.manual_backward(loss)
+            if realtime or t == hp.time_steps - 1:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            output_sum = output_sum + out.detach()
+            loss_sum = loss_sum + loss.detach()
+        functional.reset_net(self.model)
+        self._log_train(output_sum, loss_sum, y)
+        self._advance_schedules()
+        return loss_sum
+
+
+class BPTTLatentClassifier(_BaselineClassifier):
+    """Binary SNN trained by backpropagation through time with latent weights (the usual BSNN recipe).
+
+    Per batch: reset the neurons, run T forward steps (the membrane keeps its gradient across steps), sum the
+    per-step losses L[t] (Eq. 8, the same objective as the online methods), one backward, one step of each
+    optimizer, then clip the latent weights to [−1, 1].
+
+    Args:
+        arch, num_classes, in_channels, arch_kwargs, time_steps, mse_weight, decay, v_threshold,
+        bn_recalibration_batches: as in :class:`OnlineClassifier`.
+        latent_optimizer: ``"adam"`` (default) or ``"sgd"`` (momentum ``momentum``) for the latent weights.
+        latent_lr: learning rate of the latent weights (cosine-annealed to 0).
+        clip_latent: clip latent weights to [−1, 1] after each step.
+        lr, momentum, weight_decay: SGD for the full-precision parameters (first conv, BatchNorm, classifier),
+            cosine-annealed to 0 over ``cosine_epochs`` (default ``trainer.max_epochs``).
+    """
+
+    def __init__(
+        self,
+        arch: str = "small_cnn",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        arch_kwargs: Optional[dict[str, Any]] = None,
+        time_steps: int = 4,
+        latent_optimizer: Literal["adam", "sgd"] = "adam",
+        latent_lr: float = 1e-3,
+        clip_latent: bool = True,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        cosine_epochs: Optional[int] = None,
+        mse_weight: float = 0.05,
+        decay: float = 0.5,
+        v_threshold: float = 1.0,
+        bn_recalibration_batches: int = 20,
+    ) -> None:
+        if latent_optimizer not in LATENT_OPTIMIZERS:
+            raise ValueError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}")
+        if not latent_lr >= 0:
+            raise ValueError(f"latent_lr must be >= 0, got {latent_lr}")
+        super().__init__()
+        self.save_hyperparameters()
+        self._build(weights="latent", neuron="bptt")
+
+    def latent_parameters(self) -> list[torch.nn.Parameter]:
+        """The real-valued latent weights (binarised by sign in the forward pass)."""
+        return latent_parameters(self.model)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        latent = self.latent_parameters()
+        latent_ids = {id(p) for p in latent}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in latent_ids]
+        if hp.latent_optimizer == "adam":
+            latent_opt: torch.optim.Optimizer = torch.optim.Adam(latent, lr=hp.latent_lr)
+        else:
+            latent_opt = torch.optim.SGD(latent, lr=hp.latent_lr, momentum=hp.momentum)
+        fp_opt = torch.optim.SGD(rest, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        check_partition(self.model, [latent_opt, fp_opt])
+        epochs = self._cosine_epochs()
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs, eta_min=0.0)
+                      for o in (latent_opt, fp_opt)]
+        return [latent_opt, fp_opt], schedulers
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        hp = self.hparams
+        check_time_steps(x, hp.time_steps)
+        latent_opt, fp_opt = self.optimizers()
+        functional.reset_net(self.model)
+        output_sum = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        for t in range(hp.time_steps):
+            out = self.model(input_at_time_step(x, t))
+            loss = loss + online_loss(out, y, hp.time_steps, hp.mse_weight)
+            output_sum = output_sum + out.detach()
+        self.manual_backward(loss)
+        latent_opt.step()
+        fp_opt.step()
+        latent_opt.zero_grad(set_to_none=True)
+        fp_opt.zero_grad(set_to_none=True)
+        if hp.clip_latent:
+            clip_latent_(self.latent_parameters())
+        functional.reset_net(self.model)
+        self._log_train(output_sum, loss.detach(), y)
+        self._advance_schedules()
+        return loss.detach()
+
+
+__all__ = ["BPTTLatentClassifier", "OTTTClassifier"]

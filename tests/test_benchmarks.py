@@ -1,0 +1,84 @@
+"""Every benchmark script runs in ``--quick`` mode, prints its table, writes its files, and shows its effect."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # --quick runs with 1 torch thread; give the suite its setting back
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_memory_vs_timesteps_quick(tmp_path, capsys):
+    results = _load("memory_vs_timesteps").main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| method" in out and "T=1" in out and "T=2" in out
+    assert (tmp_path / "memory_vs_timesteps.png").stat().st_size > 0
+    assert json.loads((tmp_path / "memory_vs_timesteps.json").read_text())["results"]
+    graph = {(r["method"], r["time_steps"]): r["graph_peak_bytes"] for r in results}
+    assert graph["bptt_latent", 2] > 1.5 * graph["bptt_latent", 1]  # BPTT keeps every step's graph
+    for method in ("bso", "tbso", "ottt_fp"):  # online methods free the graph after every step
+        assert graph[method, 2] == graph[method, 1]
+
+
+def test_memory_worker_runs_in_a_fresh_process():
+    cmd = [sys.executable, str(BENCHMARKS / "memory_vs_timesteps.py"), "--worker", "--methods", "tbso",
+           "--time-steps", "2", "--arch", "small_cnn", "--width", "4", "--batch-size", "2", "--image-size", "8",
+           "--steps", "1", "--device", "cpu", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["method"] == "tbso" and result["time_steps"] == 2
+    assert result["train_peak_bytes"] == result["state_bytes"] + result["graph_peak_bytes"] > 0
+
+
+def test_step_throughput_quick(tmp_path, capsys):
+    data = _load("step_throughput").main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "time ÷ ours" in out and "time ÷ SGD" in out and "run-twice" in out
+    assert data["max_grad_rel_diff"] < 1e-3  # the three implementations compute the same gradients
+    assert set(data["optimizer_median"]) == {"BSO", "T-BSO", "SGD"}
+    assert data["step_ratio_to_ours"]["bso/ours"] == 1.0
+    assert (tmp_path / "step_throughput.md").exists()
+
+
+def test_accuracy_quick(tmp_path, capsys):
+    results = _load("accuracy").main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "T=1 test %" in out and "±" in out
+    assert {r["method"] for r in results} == {"bptt_latent", "ottt_fp", "bso", "tbso"}
+    assert all(0.0 <= r["test_acc"] <= 100.0 for r in results)
+
+
+def test_state_bytes_quick(tmp_path, capsys):
+    from bso_lightning.models import build_model, model_size_bytes
+
+    results = {r["method"]: r for r in _load("state_bytes").main(["--quick", "--out", str(tmp_path)])}
+    out = capsys.readouterr().out
+    assert "B / hidden weight" in out
+    assert results["bptt_latent"]["bytes_per_hidden_weight"] == pytest.approx(12.0, rel=1e-3)  # latent + Adam's two moments
+    assert results["ottt_fp"]["bytes_per_hidden_weight"] == pytest.approx(8.0, rel=1e-3)  # weight + SGD momentum
+    for method in ("bso", "tbso"):  # ±1 weight + momentum (+ a few counters and T-BSO's T scalars per tensor)
+        assert 8.0 <= results[method]["bytes_per_hidden_weight"] < 8.1
+    assert results["bso"]["deployed_bytes"] == model_size_bytes(build_model("small_cnn", width=8, in_channels=3))
