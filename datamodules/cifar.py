@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,12 @@ class CIFARImages(Dataset):
 
 
 class _CIFARDataModule(BaseDataModule):
-    """Shared code; the subclasses below only name the files and statistics."""
+    """Shared code; the subclasses below only name the files, statistics and default ``root``.
+
+    (A subclass's ``__init__`` takes ``root`` and passes ``**kwargs`` on to this one: jsonargparse, and so
+    LightningCLI, resolves ``**kwargs`` given to ``super().__init__`` to the arguments below, defaults
+    included, so ``--data.batch_size`` etc. stay in the CLI and its help.)
+    """
 
     in_channels = 3
     folder: str
@@ -51,15 +56,15 @@ class _CIFARDataModule(BaseDataModule):
     def __init__(
         self,
         root: str | Path,
-        batch_size: int,
-        num_workers: int,
-        pin_memory: bool,
-        seed: int,
-        download: bool,
-        val_size: int,
-        auto_augment: bool,
-        cutout_length: int,
-        crop_padding: int,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        download: bool = False,
+        val_size: int = 0,
+        auto_augment: bool = False,
+        cutout_length: int = 16,
+        crop_padding: int = 4,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed)
         if val_size < 0:
@@ -183,23 +188,8 @@ class CIFAR10DataModule(_CIFARDataModule):
     tv_class = datasets.CIFAR10
     display_name = "CIFAR-10"
 
-    def __init__(
-        self,
-        root: str | Path = "data/cifar10",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
-        download: bool = False,
-        val_size: int = 0,
-        auto_augment: bool = False,
-        cutout_length: int = 16,
-        crop_padding: int = 4,
-    ) -> None:
-        super().__init__(
-            root, batch_size, num_workers, pin_memory, seed, download, val_size, auto_augment,
-            cutout_length, crop_padding,
-        )
+    def __init__(self, root: str | Path = "data/cifar10", **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
 
 
 class CIFAR100DataModule(_CIFARDataModule):
@@ -216,20 +206,5 @@ class CIFAR100DataModule(_CIFARDataModule):
     tv_class = datasets.CIFAR100
     display_name = "CIFAR-100"
 
-    def __init__(
-        self,
-        root: str | Path = "data/cifar100",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
-        download: bool = False,
-        val_size: int = 0,
-        auto_augment: bool = False,
-        cutout_length: int = 16,
-        crop_padding: int = 4,
-    ) -> None:
-        super().__init__(
-            root, batch_size, num_workers, pin_memory, seed, download, val_size, auto_augment,
-            cutout_length, crop_padding,
-        )
+    def __init__(self, root: str | Path = "data/cifar100", **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .fused import by_device as fused_by_device
+
 # Dtype of every state entry, whatever the parameter's dtype (momentum stays fp32 for bf16 weights).
 STATE_DTYPES: dict[str, torch.dtype] = {
     "momentum": torch.float32,
@@ -153,7 +155,12 @@ class BinaryOptimizer(torch.optim.Optimizer):
     #: State entries every stepped parameter has.
     _state_keys: frozenset[str] = frozenset({"momentum", "last_flips", "nonfinite_steps"})
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], fused: bool = False) -> None:
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool, got {fused!r}")
+        #: Step through the ``torch.compile``d update of :mod:`.fused` (an instance setting, not saved
+        #: in state_dict: a checkpoint resumes with either path).
+        self.fused = fused
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of Tensors or dicts, got a Tensor")
         params = list(params)
@@ -213,6 +220,14 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 self._init_state(p, self.state[p])
             params.append(p)
         return params
+
+    def _by_device(self, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict[str, Any]]]]:
+        """``params`` and their states, split by device (one fused call each)."""
+        out = []
+        for indices in fused_by_device(params):
+            ps = [params[i] for i in indices]
+            out.append((ps, [self.state[p] for p in ps]))
+        return out
 
     def _scratch_for(self, p: Tensor) -> Tensor:
         """A float32 view shaped like ``p`` into a buffer reused by every tensor and step (not state)."""

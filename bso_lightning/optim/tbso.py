@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .fused import tbso_update as fused_tbso_update
 from ._common import (
     BinaryOptimizer,
     check_betas,
@@ -37,6 +38,7 @@ class TBSO(BinaryOptimizer):
         threshold: γ >= 0; hyper-parameter key ``threshold``.
         betas: (β1, β2), each in [0, 1); key ``betas``.
         eps: ε > 0; key ``eps``.
+        fused: run each group's step as one ``torch.compile``d function (as in :class:`BSO`).
 
     A tensor whose updated M or v[t] is not finite (NaN/Inf gradient, or mean(G²)
     overflowing float32) is left untouched for that step and counted in ``nonfinite_counts()``.
@@ -50,9 +52,10 @@ class TBSO(BinaryOptimizer):
         threshold: float = 5e-7,
         betas: tuple[float, float] = (0.999, 0.99999),
         eps: float = 1e-10,
+        fused: bool = False,
     ) -> None:
         defaults = dict(threshold=check_threshold(threshold), betas=check_betas(betas), eps=check_eps(eps))
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_threshold(group["threshold"])
@@ -83,6 +86,13 @@ class TBSO(BinaryOptimizer):
             self._check_group(group)
             params = self._params_with_grad(group)
             if not params:
+                continue
+            if self.fused:
+                for ps, states in self._by_device(params):
+                    fused_tbso_update(ps, [s["momentum"] for s in states],
+                                      [self._v_with_length(s, t + 1) for s in states], t,
+                                      [s["last_flips"] for s in states], [s["nonfinite_steps"] for s in states],
+                                      group["betas"], group["threshold"], group["eps"])
                 continue
             beta1, beta2 = group["betas"]
             grads = [p.grad.to(dtype=torch.float32) for p in params]

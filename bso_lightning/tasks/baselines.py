@@ -9,103 +9,45 @@
 
 Both take the :class:`OnlineClassifier` arguments that apply to them (``arch``, ``num_classes``,
 ``in_channels``, ``time_steps``, ``lr``, ...), build the same architecture with other weights or neurons
-(:func:`bso_lightning.models.variants.build_variant`), use the same loss (Eq. 8), and evaluate exactly as the
-online classifier does: its prediction (mean output over T), metrics and BatchNorm re-estimation methods are
-reused as they are. They are not subclasses of it (none of its BSO/T-BSO settings, checkpoint extras or
-fault handling apply). Select them from a LightningCLI config with
+(:func:`bso_lightning.models.variants.build_variant`) and use the same loss (Eq. 8). Like
+:class:`OnlineClassifier` they subclass :class:`~bso_lightning.tasks.base.TimeSteppedClassifier`, so they
+predict, evaluate and re-estimate BatchNorm statistics with the same code (none of the online classifier's
+BSO/T-BSO settings, checkpoint extras or fault handling apply). Select them from a LightningCLI config with
 ``model.class_path: bso_lightning.tasks.OTTTClassifier`` (or ``BPTTLatentClassifier``).
 
 Step counting (``trainer.global_step`` counts every ``optimizer.step()``): OTTT has one optimizer, so it grows
 by T per batch in ``realtime`` mode and by 1 in ``accumulated`` mode; BPTT steps two optimizers once per
-batch (+2 per batch). The cosine learning rates advance once per epoch (after its last batch).
+batch (+2 per batch). The cosine learning rates advance once per epoch, stepped with the epoch's last batch
+(so a run resumed from a checkpoint saved at the end of that batch continues with the same learning rate).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
-import lightning as L
 import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.models.variants import build_variant
 from bso_lightning.nn.latent import clip_latent_, latent_parameters
 from bso_lightning.optim import check_partition, split_parameters
+from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.loss import online_loss
-from bso_lightning.tasks.online import UPDATES, OnlineClassifier
 
 LATENT_OPTIMIZERS = ("adam", "sgd")
 
 
-class _BaselineClassifier(L.LightningModule):
-    """Construction, evaluation and logging shared by the baselines (subclasses save their own arguments).
-
-    Evaluation is :class:`OnlineClassifier`'s own code, borrowed method by method below: it reads only
-    ``self.model``, the accuracy metrics and the hyper-parameters ``time_steps``, ``mse_weight`` and
-    ``bn_recalibration_batches``.
-    """
-
-    forward = OnlineClassifier.forward
-    _evaluate = OnlineClassifier._evaluate
-    validation_step = OnlineClassifier.validation_step
-    test_step = OnlineClassifier.test_step
-    predict_step = OnlineClassifier.predict_step
-    on_validation_epoch_start = OnlineClassifier.on_validation_epoch_start
-    on_test_epoch_start = OnlineClassifier.on_test_epoch_start
-    on_predict_epoch_start = OnlineClassifier.on_predict_epoch_start
-    recalibrate_batchnorm = OnlineClassifier.recalibrate_batchnorm
-    _to_device = OnlineClassifier._to_device
-    _train_loader_for_recalibration = OnlineClassifier._train_loader_for_recalibration
-
-    def _build(self, weights: str, neuron: str) -> None:
-        hp = self.hparams
-        self.automatic_optimization = False
-        if not isinstance(hp.time_steps, int) or hp.time_steps < 1:
-            raise ValueError(f"time_steps must be an integer >= 1, got {hp.time_steps!r}")
-        if not 0.0 <= hp.mse_weight <= 1.0:
-            raise ValueError(f"mse_weight must lie in [0, 1], got {hp.mse_weight}")
-        if hp.lr < 0 or hp.momentum < 0 or hp.weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {hp.lr}, {hp.momentum}, {hp.weight_decay}")
-        if hp.bn_recalibration_batches < 0:
-            raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
-        if "update_mode" in hp and hp.update_mode not in UPDATES:
-            raise ValueError(f"update_mode must be one of {UPDATES}, got {hp.update_mode!r}")
-        self.model = build_variant(hp.arch, weights=weights, neuron=neuron, num_classes=hp.num_classes,
-                                   in_channels=hp.in_channels, trace=hp.get("trace", "ottt"), decay=hp.decay,
-                                   v_threshold=hp.v_threshold, **(hp.arch_kwargs or {}))
-        self.split = split_parameters(self.model)
-        self.train_acc = MulticlassAccuracy(hp.num_classes)
-        self.val_acc = MulticlassAccuracy(hp.num_classes)
-        self.test_acc = MulticlassAccuracy(hp.num_classes)
-
-    def _cosine_epochs(self) -> int:
-        hp = self.hparams
-        trainer = self.trainer
-        epochs = hp.cosine_epochs or (trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None)
-        if epochs is None:
-            raise ValueError("cosine_epochs must be set when the trainer has no max_epochs (the cosine schedule "
-                             "of the learning rate runs over epochs)")
-        return epochs
-
-    def _log_train(self, output_sum: Tensor, loss_sum: Tensor, y: Tensor) -> None:
-        self.train_acc(output_sum / self.hparams.time_steps, y)
-        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-
-    def _advance_schedules(self) -> None:
-        """Step the cosine schedules after the epoch's last batch (before a checkpoint saved there, as
-        ``OnlineClassifier`` does, so a run resumed from it continues with the right learning rate)."""
-        if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+def _variant(hp: Mapping[str, Any], weights: str, neuron: str) -> torch.nn.Module:
+    """The architecture of the hyper-parameters ``hp`` with other weights or neurons (see ``build_variant``)."""
+    return build_variant(hp["arch"], weights=weights, neuron=neuron, num_classes=hp["num_classes"],
+                         in_channels=hp["in_channels"], trace=hp.get("trace", "ottt"), decay=hp["decay"],
+                         v_threshold=hp["v_threshold"], **(hp["arch_kwargs"] or {}))
 
 
-class OTTTClassifier(_BaselineClassifier):
+class OTTTClassifier(TimeSteppedClassifier):
     """Full-precision online training (OTTT): BSO's online loop with real-valued weights and SGD.
 
     Args:
@@ -135,7 +77,11 @@ class OTTTClassifier(_BaselineClassifier):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._build(weights="full_precision", neuron="online")
+        check_choice("update_mode", update_mode, UPDATES)
+        self._check_shared_hyperparameters()
+        self.model = _variant(self.hparams, weights="full_precision", neuron="online")
+        self.split = split_parameters(self.model)
+        self._make_metrics(num_classes)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -147,29 +93,15 @@ class OTTTClassifier(_BaselineClassifier):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch
-        hp = self.hparams
-        check_time_steps(x, hp.time_steps)
+        check_time_steps(x, self.hparams.time_steps)
         opt = self.optimizers()
-        functional.reset_net(self.model)
-        output_sum = torch.zeros((), device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        realtime = hp.update_mode == "realtime"
-        for t in range(hp.time_steps):
-            out = self.model(input_at_time_step(x, t))
-            loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
-            self.manual_backward(loss)
-            if realtime or t == hp.time_steps - 1:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            output_sum = output_sum + out.detach()
-            loss_sum = loss_sum + loss.detach()
-        functional.reset_net(self.model)
+        output_sum, loss_sum = self._online_time_loop(x, y, lambda time_step: opt.step())
         self._log_train(output_sum, loss_sum, y)
         self._advance_schedules()
         return loss_sum
 
 
-class BPTTLatentClassifier(_BaselineClassifier):
+class BPTTLatentClassifier(TimeSteppedClassifier):
     """Binary SNN trained by backpropagation through time with latent weights (the usual BSNN recipe).
 
     Per batch: reset the neurons, run T forward steps (the membrane keeps its gradient across steps), sum the
@@ -211,7 +143,10 @@ class BPTTLatentClassifier(_BaselineClassifier):
             raise ValueError(f"latent_lr must be >= 0, got {latent_lr}")
         super().__init__()
         self.save_hyperparameters()
-        self._build(weights="latent", neuron="bptt")
+        self._check_shared_hyperparameters()
+        self.model = _variant(self.hparams, weights="latent", neuron="bptt")
+        self.split = split_parameters(self.model)
+        self._make_metrics(num_classes)
 
     def latent_parameters(self) -> list[torch.nn.Parameter]:
         """The real-valued latent weights (binarised by sign in the forward pass)."""

@@ -125,3 +125,19 @@ def test_download_true_fetches_with_torchvision_when_files_are_missing(data_root
     dm.prepare_data()  # already there: not fetched again
     dm.setup()
     assert calls == [(str(tmp_path / "new"), True)] and len(dm.train_set) == 20
+
+
+@pytest.mark.parametrize("cls, root", [(CIFAR10DataModule, "data/cifar10"), (CIFAR100DataModule, "data/cifar100")])
+def test_cli_sees_every_argument_with_the_class_default_root(cls, root):
+    """The subclasses pass ``**kwargs`` on to the shared ``__init__``; jsonargparse (LightningCLI) must still list
+    each argument with its type and default, and the class's own default ``root``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "data")
+    assert parser.get_defaults().data.as_dict() == {
+        "root": root, "batch_size": 128, "num_workers": 0, "pin_memory": False, "seed": 0, "download": False,
+        "val_size": 0, "auto_augment": False, "cutout_length": 16, "crop_padding": 4}
+    assert parser.parse_args(["--data.val_size", "5"]).data.val_size == 5
+    with pytest.raises(Exception, match="val_size"):
+        parser.parse_args(["--data.val_size", "five"])  # typed, not just passed through

@@ -21,9 +21,10 @@ def _step(opt, p, grad, **kwargs):
 GRADS = [[1.0, 0.5, -1.0, 1.0, -0.5], [0.0, 0.25, 1.0, 2.0, 0.0], [-2.0, 1.0, 0.0, -2.0, 1.0]]
 
 
-def test_hand_computed_sequence():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_hand_computed_sequence(fused):
     w = _param([1.0, 1.0, -1.0, -1.0, 1.0])
-    opt = BSO([w], threshold=0.25, beta=0.5)
+    opt = BSO([w], threshold=0.25, beta=0.5, fused=fused)
 
     _step(opt, w, GRADS[0])
     # M = [0.5, 0.25, -0.5, 0.5, -0.25]; W*M = [0.5, 0.25 (= threshold: no flip), 0.5, -0.5, -0.25]
@@ -44,9 +45,10 @@ def test_hand_computed_sequence():
     assert opt.flip_counts().tolist() == [4]
 
 
-def test_reset_momentum_on_flip():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_reset_momentum_on_flip(fused):
     w = _param([1.0, 1.0, -1.0, -1.0, 1.0])
-    opt = BSO([w], threshold=0.25, beta=0.5, reset_momentum_on_flip=True)
+    opt = BSO([w], threshold=0.25, beta=0.5, reset_momentum_on_flip=True, fused=fused)
 
     _step(opt, w, GRADS[0])  # flips entries 0 and 2 -> their momentum is reset
     assert opt.state[w]["momentum"].tolist() == [0.0, 0.25, 0.0, 0.5, -0.25]
@@ -96,9 +98,10 @@ def test_closure_loss_is_returned_and_evaluated_with_grad():
     assert w.tolist() == [-1.0, -1.0]  # G = [1, 1], beta = 0: W*M = [1, -1]
 
 
-def test_nonfinite_gradient_skips_only_that_tensor():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_nonfinite_gradient_skips_only_that_tensor(fused):
     good, bad = _param([1.0, -1.0, 1.0]), _param([1.0, -1.0, 1.0])
-    opt = BSO([good, bad], threshold=0.1, beta=0.5)
+    opt = BSO([good, bad], threshold=0.1, beta=0.5, fused=fused)
     good.grad, bad.grad = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 1.0])
     opt.step()
     momentum_before = opt.state[bad]["momentum"].clone()
@@ -132,9 +135,10 @@ def test_params_without_grad_are_skipped_and_not_counted():
     assert opt.flip_counts().dtype == opt.nonfinite_counts().dtype == torch.int64
 
 
-def test_low_precision_weights_keep_fp32_momentum():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_low_precision_weights_keep_fp32_momentum(fused):
     w = _param([1.0, -1.0, 1.0], dtype=torch.bfloat16)
-    opt = BSO([w], threshold=0.0, beta=0.5)
+    opt = BSO([w], threshold=0.0, beta=0.5, fused=fused)
     _step(opt, w, [1 / 3, -1 / 3, -1.0])
     assert opt.state[w]["momentum"].dtype == torch.float32
     assert w.dtype == torch.bfloat16 and w.tolist() == [-1.0, 1.0, 1.0]

@@ -10,13 +10,14 @@ from bso_lightning.optim import BSO, TBSO
 SYNCING = ["__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy"]
 
 
-def _make(cls, device, dtype=torch.float32):
+def _make(cls, device, dtype=torch.float32, fused=False):
     gen = torch.Generator().manual_seed(0)
     params = [
         torch.nn.Parameter((torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(device, dtype))
         for shape in [(8, 4, 3, 3), (16,), (5, 7)]
     ]
-    opt = cls(params, threshold=0.01) if cls is TBSO else cls(params, threshold=0.01, reset_momentum_on_flip=True)
+    opt = (cls(params, threshold=0.01, fused=fused) if cls is TBSO
+           else cls(params, threshold=0.01, reset_momentum_on_flip=True, fused=fused))
     return opt, params
 
 
@@ -33,9 +34,16 @@ def _steps(opt, params):
         opt.step(time_step=t)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
 @pytest.mark.parametrize("cls", [BSO, TBSO])
-def test_step_uses_no_python_level_sync(cls, monkeypatch):
-    opt, params = _make(cls, "cpu")
+def test_step_uses_no_python_level_sync(cls, fused, monkeypatch):
+    opt, params = _make(cls, "cpu", fused=fused)
+    if fused:  # compile first (tracing may inspect values); the compiled steps below must not sync
+        for t in range(3):
+            _set_grads(params)
+            opt.step(time_step=t)
+        for state in opt.state.values():
+            state["nonfinite_steps"].zero_()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host-device sync inside step()")

@@ -18,10 +18,11 @@ def _step(opt, p, grad, t):
     opt.step(time_step=t)
 
 
-def test_hand_computed_sequence_with_per_time_step_v():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_hand_computed_sequence_with_per_time_step_v(fused):
     # beta1 = beta2 = 0.5, threshold = 0.5, eps = 0.25: sqrt(v + eps) is exact below.
     w = _param([1.0, -1.0, 1.0, -1.0])
-    opt = TBSO([w], threshold=0.5, betas=(0.5, 0.5), eps=0.25)
+    opt = TBSO([w], threshold=0.5, betas=(0.5, 0.5), eps=0.25, fused=fused)
     assert w not in opt.state
 
     _step(opt, w, [1.0, -2.0, 3.0, -4.0], t=0)
@@ -52,9 +53,10 @@ def test_hand_computed_sequence_with_per_time_step_v():
     assert opt.flip_counts().tolist() == [0]
 
 
-def test_v_is_one_float32_scalar_per_time_step_and_grows():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_v_is_one_float32_scalar_per_time_step_and_grows(fused):
     w = _param([1.0, -1.0, 1.0])
-    opt = TBSO([w], threshold=0.1, betas=(0.5, 0.5))
+    opt = TBSO([w], threshold=0.1, betas=(0.5, 0.5), fused=fused)
     for _ in range(3):  # "pre-train" with T = 1
         _step(opt, w, [1.0, 1.0, 1.0], t=0)
     v = opt.state[w]["v"]
@@ -77,9 +79,10 @@ def test_flip_thresholds_for_unseen_time_steps_and_params():
     assert opt.flip_thresholds(5).tolist() == [1.0, 1.0]
 
 
-def test_nonfinite_gradient_skips_only_that_tensor():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_nonfinite_gradient_skips_only_that_tensor(fused):
     good, bad = _param([1.0, -1.0]), _param([1.0, -1.0])
-    opt = TBSO([good, bad], threshold=0.1, betas=(0.5, 0.5))
+    opt = TBSO([good, bad], threshold=0.1, betas=(0.5, 0.5), fused=fused)
     good.grad, bad.grad = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])
     opt.step(time_step=0)
     momentum_before = opt.state[bad]["momentum"].clone()
@@ -97,9 +100,10 @@ def test_nonfinite_gradient_skips_only_that_tensor():
     assert opt.state[good]["v"].tolist() == [0.75]
 
 
-def test_overflowing_mean_square_is_skipped_not_stored():
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_overflowing_mean_square_is_skipped_not_stored(fused):
     w = _param([1.0, -1.0])
-    opt = TBSO([w], threshold=0.0)
+    opt = TBSO([w], threshold=0.0, fused=fused)
     w.grad = torch.tensor([3e38, -3e38])  # finite, but G^2 overflows float32
     opt.step(time_step=0)
     assert torch.isfinite(opt.state[w]["v"]).all()

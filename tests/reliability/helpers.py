@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from bso_lightning.tasks import OnlineClassifier
+from bso_lightning.tasks.base import TimeSteppedClassifier
 from datamodules import DigitsDataModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +28,14 @@ def make_task(seed: int = 0, **kwargs: Any) -> OnlineClassifier:
                     schedule="step", schedule_every=1, schedule_factor=0.5)
     defaults.update(kwargs)
     return OnlineClassifier(**defaults)
+
+
+def make_baseline(cls: type[TimeSteppedClassifier], seed: int = 0, **kwargs: Any) -> TimeSteppedClassifier:
+    """A baseline (``OTTTClassifier``, ``BPTTLatentClassifier``) of the same tiny size as :func:`make_task`."""
+    L.seed_everything(seed)
+    defaults = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2)
+    defaults.update(kwargs)
+    return cls(**defaults)
 
 
 def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
@@ -79,6 +88,17 @@ class RecordBatches(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen.append((trainer.current_epoch, batch_idx, batch[1].tolist()))
+
+
+class RecordLearningRates(Callback):
+    """Remember (epoch, batch_idx, the learning rate of every parameter group) before every training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list[float]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        self.seen.append((trainer.current_epoch, batch_idx, lrs))
 
 
 class InterruptAt(Callback):

@@ -15,12 +15,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.cli import build_cli
+from bso_lightning.tasks import BPTTLatentClassifier, OTTTClassifier
 from bso_lightning.tasks.faults import check_checkpoint
 from datamodules import DigitsDataModule
 from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
 from tests.reliability.helpers import (
-    BATCHES, EPOCHS, REPO, InterruptAt, RecordBatches, assert_same, cli_args, digits, make_task, make_trainer,
-    snapshot,
+    BATCHES, EPOCHS, REPO, InterruptAt, RecordBatches, RecordLearningRates, assert_same, cli_args, digits,
+    make_baseline, make_task, make_trainer, snapshot,
 )
 
 
@@ -95,6 +96,29 @@ def test_interrupted_run_resumes_exactly_from_its_interrupt_and_periodic_checkpo
         resumed.fit(make_task(seed=123), datamodule=digits(), ckpt_path=path)  # other init: all from the file
         assert recorder.seen == seen[done:], path  # exactly the batches the stopped run had not trained on
         assert_same(expected, snapshot(resumed), str(path))
+
+
+@pytest.mark.parametrize("cls", [OTTTClassifier, BPTTLatentClassifier])
+def test_baseline_resumed_from_an_end_of_epoch_checkpoint_keeps_its_learning_rate(tmp_path, cls):
+    """The baselines step their cosine schedule with the epoch's last batch, before ``ModelCheckpoint`` saves at
+    the end of that batch: the resumed run trains the next epoch with the uninterrupted run's learning rates
+    (stepped in ``on_train_epoch_end`` instead, it would restart the epoch one schedule step behind)."""
+    steps_per_batch = 2  # OTTT: one optimizer at each of the T = 2 steps; BPTT: two optimizers once per batch
+    reference_lrs = RecordLearningRates()
+    periodic = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=steps_per_batch * BATCHES,
+                               save_top_k=-1, filename="{step}")
+    reference = make_trainer(tmp_path / "run", callbacks=[reference_lrs, periodic], enable_checkpointing=True)
+    reference.fit(make_baseline(cls), datamodule=digits())
+    assert reference.global_step == steps_per_batch * EPOCHS * BATCHES
+    expected = snapshot(reference)
+
+    resumed_lrs = RecordLearningRates()
+    resumed = make_trainer(tmp_path / "resumed", callbacks=[resumed_lrs])
+    ckpt = tmp_path / "ckpt" / f"step={steps_per_batch * BATCHES}.ckpt"  # the end of epoch 0's last batch
+    resumed.fit(make_baseline(cls, seed=123), datamodule=digits(), ckpt_path=ckpt)
+    assert resumed_lrs.seen == reference_lrs.seen[BATCHES:]
+    assert resumed_lrs.seen[0][2] != reference_lrs.seen[0][2]  # the cosine has moved on since epoch 0
+    assert_same(expected, snapshot(resumed))
 
 
 def test_interrupt_in_the_middle_of_a_batch_saves_nothing(tmp_path, restore_sigint):

@@ -1,0 +1,215 @@
+"""The base of every classifier in ``bso_lightning.tasks``: a model presented each sample for T time steps.
+
+:class:`TimeSteppedClassifier` holds what :class:`~bso_lightning.tasks.OnlineClassifier` and the baselines
+(:mod:`bso_lightning.tasks.baselines`) share: the prediction (mean output over T), evaluation (loss Eq. 8 and
+accuracy), BatchNorm re-estimation before evaluation, the per-time-step online training loop, the checks of the
+shared hyper-parameters and the stepping of the schedules (the per-epoch ones with the epoch's last batch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import lightning as L
+import torch
+from spikingjelly.activation_based import functional
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from bso_lightning.nn.batchnorm import recalibrate_batchnorm
+from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
+from bso_lightning.tasks.loss import online_loss
+
+log = logging.getLogger(__name__)
+
+UPDATES = ("realtime", "accumulated")
+BN_RECALIBRATION_SEED = 1234
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+class TimeSteppedClassifier(L.LightningModule):
+    """Base LightningModule (manual optimization) of a classifier run for ``time_steps`` steps per sample.
+
+    A subclass keeps its own explicit ``__init__`` (LightningCLI reads it), calls ``save_hyperparameters()``
+    and :meth:`_check_shared_hyperparameters`, builds ``self.model`` and calls :meth:`_make_metrics`. The
+    methods here read the hyper-parameters ``time_steps``, ``mse_weight``, ``bn_recalibration_batches``,
+    ``cosine_epochs`` and (the online loop only) ``update_mode``.
+    """
+
+    model: torch.nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    # ----------------------------------------------------------------- construction
+    def _check_shared_hyperparameters(self) -> None:
+        """Check time_steps, mse_weight, lr, momentum, weight_decay and bn_recalibration_batches."""
+        hp = self.hparams
+        if not isinstance(hp.time_steps, int) or hp.time_steps < 1:
+            raise ValueError(f"time_steps must be an integer >= 1, got {hp.time_steps!r}")
+        if not 0.0 <= hp.mse_weight <= 1.0:
+            raise ValueError(f"mse_weight must lie in [0, 1], got {hp.mse_weight}")
+        if hp.lr < 0 or hp.momentum < 0 or hp.weight_decay < 0:
+            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {hp.lr}, {hp.momentum}, {hp.weight_decay}")
+        if hp.bn_recalibration_batches < 0:
+            raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
+
+    def _make_metrics(self, num_classes: int) -> None:
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+
+    def _cosine_epochs(self) -> int:
+        """Length of the cosine learning-rate schedule: ``cosine_epochs``, else ``trainer.max_epochs``."""
+        max_epochs = self.trainer.max_epochs
+        epochs = self.hparams.cosine_epochs or (max_epochs if max_epochs and max_epochs > 0 else None)
+        if epochs is None:
+            raise ValueError("cosine_epochs must be set when the trainer has no max_epochs (the cosine schedule "
+                             "of the learning rate runs over epochs)")
+        return epochs
+
+    # ----------------------------------------------------------------- time loop
+    def forward(self, x: Tensor) -> Tensor:
+        """Mean output over the T time steps (the prediction); neuron state is reset first."""
+        check_time_steps(x, self.hparams.time_steps)
+        functional.reset_net(self.model)
+        total = None
+        for t in range(self.hparams.time_steps):
+            out = self.model(input_at_time_step(x, t))
+            total = out if total is None else total + out
+        functional.reset_net(self.model)
+        return total / self.hparams.time_steps
+
+    def _online_time_loop(self, x: Tensor, y: Tensor, step: Callable[[int], None]) -> tuple[Tensor, Tensor]:
+        """Online training on one batch; returns the summed outputs and losses (detached).
+
+        Resets the neurons; for t = 0..T−1: forward, L[t] (Eq. 8), backward, then — with
+        ``update_mode="realtime"`` — ``step(t)`` and zeroed gradients; with ``"accumulated"`` only after the
+        last step, as ``step(0)``.
+        """
+        hp = self.hparams
+        functional.reset_net(self.model)
+        output_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        realtime = hp.update_mode == "realtime"
+        for t in range(hp.time_steps):
+            out = self.model(input_at_time_step(x, t))
+            loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
+            self.manual_backward(loss)
+            if realtime or t == hp.time_steps - 1:
+                step(t if realtime else 0)
+                for optimizer in self._optimizer_list():
+                    optimizer.zero_grad(set_to_none=True)
+            output_sum = output_sum + out.detach()
+            loss_sum = loss_sum + loss.detach()
+        functional.reset_net(self.model)
+        return output_sum, loss_sum
+
+    def _log_train(self, output_sum: Tensor, loss_sum: Tensor, y: Tensor) -> None:
+        self.train_acc(output_sum / self.hparams.time_steps, y)
+        self.log("train/loss", loss_sum, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def _optimizer_list(self) -> list:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def _scheduler_list(self) -> list:
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [] if schedulers is None else [schedulers]
+
+    # ----------------------------------------------------------------- schedules
+    def _schedule_intervals(self) -> tuple[str, ...]:
+        """The unit of each scheduler ``configure_optimizers`` returns, in order: ``"epoch"`` or ``"step"``
+        (one per training batch). Here every one is per epoch."""
+        return ("epoch",) * len(self._scheduler_list())
+
+    def _advance_schedules(self) -> None:
+        """Step the schedules after a batch: the per-batch ones always, the per-epoch ones after the epoch's
+        last batch.
+
+        (Not in ``on_train_epoch_end``: like Lightning's own epoch-interval schedulers, they must have
+        stepped before a checkpoint saved at the end of the epoch's last batch, since a run resumed from
+        that checkpoint starts the next epoch without running the epoch-end hooks.)
+        """
+        last_batch = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        for scheduler, interval in zip(self._scheduler_list(), self._schedule_intervals(), strict=True):
+            if interval == "step" or last_batch:
+                scheduler.step()
+
+    # ----------------------------------------------------------------- evaluation
+    def _evaluate(self, batch, metric: MulticlassAccuracy, stage: str) -> Tensor:
+        x, y = batch
+        output = self(x)
+        loss = online_loss(output, y, 1, self.hparams.mse_weight)
+        metric(output, y)
+        self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)  # mean over DDP processes at epoch end
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, self.test_acc, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(-1)
+
+    def on_validation_epoch_start(self) -> None:
+        self.recalibrate_batchnorm()
+
+    def on_test_epoch_start(self) -> None:
+        self.recalibrate_batchnorm()
+
+    def on_predict_epoch_start(self) -> None:
+        self.recalibrate_batchnorm()
+
+    def recalibrate_batchnorm(self) -> int:
+        """Re-estimate BatchNorm statistics on ``bn_recalibration_batches`` training batches (DESIGN.md §3).
+
+        Uses a fixed seed in a forked RNG, so it neither depends on nor disturbs the training RNG.
+        Returns the number of batches used.
+        """
+        n = self.hparams.bn_recalibration_batches
+        loader = self._train_loader_for_recalibration() if n > 0 else None
+        if loader is None:
+            return 0
+        was_training = self.training
+
+        def forward(batch) -> None:
+            x = self._to_device(batch)[0]
+            if bool(torch.isfinite(x).all()):  # a batch holding NaN/Inf would poison the statistics: left out
+                self(x)
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(BN_RECALIBRATION_SEED)
+            used = recalibrate_batchnorm(self.model, loader, forward, max_batches=n)
+        self.train(was_training)
+        return used
+
+    def _to_device(self, batch):
+        if self._trainer is None:
+            return batch
+        # as the loops do: the precision plugin's input conversion (bf16-true: float inputs to bf16), then the device
+        return self.trainer.strategy.batch_to_device(self.trainer.precision_plugin.convert_input(batch))
+
+    def _train_loader_for_recalibration(self):
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_dataloader"):
+            if not getattr(self, "_warned_no_recalibration", False):
+                log.warning("BatchNorm recalibration skipped: no DataModule with a train_dataloader")
+                self._warned_no_recalibration = True
+            return None
+        if getattr(datamodule, "train_set", None) is None and hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
+        return datamodule.train_dataloader()
