@@ -180,6 +180,53 @@ def apply_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _init_worker(threads: Optional[int]) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    quiet_lightning()
+
+
+_worker_modules: dict[str, Any] = {}
+
+
+def _call_in_worker(path: str, name: str, run: tuple, args) -> Any:
+    """``<function name of the script at path>(*run, args)``; the script is loaded once per worker process."""
+    import importlib.util
+
+    if path not in _worker_modules:
+        spec = importlib.util.spec_from_file_location(f"_benchmark_worker_{Path(path).stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _worker_modules[path] = module
+    return getattr(_worker_modules[path], name)(*run, args)
+
+
+def run_parallel(fn: Callable[..., Any], runs: Sequence[tuple], args, jobs: int = 1) -> Iterable[Any]:
+    """Yield ``fn(*run, args)`` for every run, in order with ``jobs == 1``, else as ``jobs`` processes finish them.
+
+    Each worker is a fresh (spawned) process with ``--threads`` torch threads that loads ``fn``'s script by
+    its file path (so scripts loaded under any module name work); ``fn`` must be a module-level function of
+    that script. A failing run raises in the parent.
+    """
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        for run in runs:
+            yield fn(*run, args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(args.threads,)) as pool:
+        script = fn.__code__.co_filename
+        futures = [pool.submit(_call_in_worker, script, fn.__name__, run, args) for run in runs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def output_dir(args) -> Optional[Path]:
     out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
     if out is not None:

@@ -10,6 +10,8 @@ test split after BatchNorm re-estimation (as the classifier does before every ev
 initialisation and the order of the training batches.
 
     python benchmarks/accuracy.py --threads 1          # 4 methods x T in {2, 4} x 3 seeds, 4 epochs
+    python benchmarks/accuracy.py --threads 1 --jobs 2 --epochs 12 --bso-decay 0.1 --decay-every 4 \
+        --seeds 0 1 2 3 4 --name accuracy_12_epochs   # the quick start's budget and schedule
     python benchmarks/accuracy.py --quick              # smoke test
 """
 
@@ -42,8 +44,9 @@ def run_one(method: str, time_steps: int, seed: int, args) -> dict[str, Any]:
 
     L.seed_everything(seed, verbose=False)
     extra: dict[str, Any] = {"latent_lr": args.bptt_latent_lr} if method == "bptt_latent" else {}
-    if method in ("bso", "tbso") and args.bso_decay != 1.0:  # the authors' step schedule, one step per epoch
-        extra.update(schedule="step", schedule_every=1, schedule_factor=args.bso_decay, schedule_interval="epoch")
+    if method in ("bso", "tbso") and args.bso_decay != 1.0:  # the authors' step schedule, compressed
+        extra.update(schedule="step", schedule_every=args.decay_every, schedule_factor=args.bso_decay,
+                     schedule_interval="epoch")
     task = _common.make_task(method, "small_cnn", time_steps, num_classes=10, in_channels=1,
                              arch_kwargs={"width": args.width}, bn_recalibration_batches=args.bn_batches, **extra)
     data = SeededOrderDigits(batch_size=args.batch_size, image_size=args.image_size, seed=0)
@@ -70,7 +73,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--name", default="accuracy", help="stem of the result files (<out>/<name>.md, .json)")
     parser.add_argument("--bso-decay", type=float, default=0.3,
-                        help="BSO/T-BSO: multiply γ and 1 − β (β1) by this after every epoch (1 = constant)")
+                        help="BSO/T-BSO: multiply γ and 1 − β (β1) by this every --decay-every epochs (1 = constant)")
+    parser.add_argument("--decay-every", type=int, default=1, help="epochs between two --bso-decay steps")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel, one process each (results do not depend on it)")
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2,
                         help="Adam learning rate of BPTT's latent weights (class default 1e-3 is slow on this budget)")
     _common.add_output_args(parser)
@@ -86,14 +92,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.quiet_lightning()
 
     info = _common.machine_info()
+    runs = [(m, t, seed) for t in args.time_steps for m in args.methods for seed in args.seeds]
     results = []
-    for t in args.time_steps:
-        for m in args.methods:
-            for seed in args.seeds:
-                r = run_one(m, t, seed, args)
-                results.append(r)
-                print(f"  {METHODS[m]:<22} T={t} seed={seed}: test {r['test_acc']:.2f}%  "
-                      f"(train {r['train_acc']:.2f}%)  [{r['seconds']:.0f} s]", flush=True)
+    for r in _common.run_parallel(run_one, runs, args, jobs=args.jobs):
+        results.append(r)
+        print(f"  {METHODS[r['method']]:<22} T={r['time_steps']} seed={r['seed']}: test {r['test_acc']:.2f}%  "
+              f"(train {r['train_acc']:.2f}%)  [{r['seconds']:.0f} s]", flush=True)
+    results.sort(key=lambda r: runs.index((r["method"], r["time_steps"], r["seed"])))
 
     ts = sorted(set(args.time_steps))
 
@@ -120,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     setting = (f"small_cnn (width {args.width}) on digits {args.image_size}×{args.image_size}, batch {args.batch_size}, "
                f"{args.epochs} epochs" + (f" × {args.limit_train_batches} batches" if args.limit_train_batches else "")
                + f", BatchNorm re-estimated over {args.bn_batches} batches before testing; BSO/T-BSO γ and 1 − β "
-               f"× {args.bso_decay:g} per epoch; BPTT latent lr "
+               f"× {args.bso_decay:g} every {args.decay_every} epoch(s); BPTT latent lr "
                f"{args.bptt_latent_lr:g} (Adam); seeds {args.seeds} "
                f"(mean ± sample std over {len(args.seeds)} seed(s)); CPU")
     text = "\n".join([

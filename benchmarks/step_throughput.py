@@ -19,10 +19,12 @@ medians of CPU time (``time.process_time``, robust on a shared machine) and the 
 per-repetition ratios (each path against ours in the same repetition). Wall-clock medians are printed beside them.
 
 The optimizer step alone is timed on the same tensors (the binary weights of VGG-11, with the same gradients):
-BSO and T-BSO against ``torch.optim.SGD(momentum=0.9, foreach=True)``.
+BSO and T-BSO, eager (the default) and with ``fused=True`` (``torch.compile``), against
+``torch.optim.SGD(momentum=0.9, foreach=True)``. With ``--fused`` (the default outside ``--quick``) the three
+training-step paths use the fused BSO/T-BSO step too.
 
     python benchmarks/step_throughput.py --threads 1     # VGG-11, 32x32, batch 16, 25 repetitions
-    python benchmarks/step_throughput.py --threads 1 --profile --compiled-proposal   # + profiles, fused BSO
+    python benchmarks/step_throughput.py --threads 1 --profile     # + torch.profiler tables
     python benchmarks/step_throughput.py --quick         # smoke test
 """
 
@@ -166,7 +168,8 @@ class Path_:
         self.t += 1
 
 
-def build_paths(arch: str, batch: int, image: int, optimizer: str, seed: int = 0, width: Optional[int] = None):
+def build_paths(arch: str, batch: int, image: int, optimizer: str, seed: int = 0, width: Optional[int] = None,
+                fused: bool = False):
     torch.manual_seed(seed)
     kwargs = {"width": width} if width is not None else {}
     paths = {}
@@ -177,7 +180,7 @@ def build_paths(arch: str, batch: int, image: int, optimizer: str, seed: int = 0
                  "run_twice": lambda: run_twice_model(ours)}[name]()
         model.train()
         split = split_parameters(ours)
-        binary_opt = (TBSO(split.binary) if optimizer == "tbso" else BSO(split.binary))
+        binary_opt = (TBSO if optimizer == "tbso" else BSO)(split.binary, fused=fused)
         fp_opt = torch.optim.SGD(split.full_precision, lr=0.1, momentum=0.9)
         paths[name] = Path_(name, model, binary_opt, fp_opt, optimizer == "tbso")
     return paths
@@ -238,17 +241,8 @@ def paired_ratio(times: dict[str, list[float]], key: str, ref: str) -> float:
     return statistics.median(a / b for a, b in zip(times[key], times[ref]))
 
 
-def _fused_bso_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    """BSO's update for one tensor with the library's semantics (skip a non-finite update, count flips)."""
-    ok = torch.isfinite(g).all()
-    new_m = torch.where(ok, m * beta + g * (1.0 - beta), m)
-    mask = (p * new_m > threshold) & ok
-    m.copy_(new_m)
-    p.copy_(torch.where(mask, -p, p))
-    return mask.sum()
-
-
-def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int], compiled: bool = False):
+def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int], fused: bool = False):
+    """CPU and wall seconds of BSO/T-BSO steps (eager, and fused if asked) and SGD's on VGG-11's binary weights."""
     torch.manual_seed(0)
     kwargs = {"width": width} if width is not None else {}
     weights = split_parameters(build_model(arch, num_classes=10, in_channels=3, **kwargs)).binary
@@ -262,21 +256,51 @@ def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int]
 
     bso, tbso, sgd = BSO(copies()), TBSO(copies()), torch.optim.SGD(copies(), lr=0.1, momentum=0.9, foreach=True)
     fns = {"BSO": bso.step, "T-BSO": lambda: tbso.step(time_step=0), "SGD": sgd.step}
-    if compiled:  # a proposal, not the library's optimizer: the same update fused by torch.compile
-        fused = torch.compile(_fused_bso_update, dynamic=False)
-        ps = copies()
-        ms = [torch.zeros_like(p) for p in ps]
-
-        @torch.no_grad()
-        def fused_step():
-            for p, m in zip(ps, ms):
-                fused(p, p.grad, m, 0.999, 5e-7)
-
-        start = time.perf_counter()
-        fused_step()
-        print(f"torch.compile of the fused BSO update: {time.perf_counter() - start:.0f} s", flush=True)
-        fns["BSO fused (torch.compile, proposal)"] = fused_step
+    if fused:
+        bso_f, tbso_f = BSO(copies(), fused=True), TBSO(copies(), fused=True)
+        for name, fn in (("BSO (fused=True)", bso_f.step), ("T-BSO (fused=True)", lambda: tbso_f.step(time_step=0))):
+            start = time.perf_counter()
+            fn()  # compiles
+            print(f"{name}: first step (torch.compile) {time.perf_counter() - start:.0f} s", flush=True)
+            fns[name] = fn
     return interleaved(fns, reps, warmup)
+
+
+def weighted_layer_times(arch: str, batch: int, image: int, width: Optional[int], reps: int
+                         ) -> tuple[float, float]:
+    """Median CPU seconds (F, FB) of the layers the run-twice path runs twice, summed over those layers.
+
+    F: forward without grad; FB: forward with grad + backward (input and weight gradients). If nothing
+    but these layers cost time, ours would take FB and run-twice F + FB per step: (F + FB) / FB is the
+    ratio the weighted layers allow.
+    """
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, in_channels=3, **({"width": width} if width is not None else {}))
+    model.train()
+    shapes: list[tuple[nn.Module, torch.Size]] = []
+    seen_neuron = False
+    for m in model:
+        if isinstance(m, OnlineLIFNode):
+            seen_neuron = True
+        elif seen_neuron and isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(lambda mod, inp, out: shapes.append((_plain(mod), inp[0].spike.shape)))
+    model(torch.rand(batch, 3, image, image))
+    f_total = fb_total = 0.0
+    for op, shape in shapes:
+        x = torch.rand(shape, requires_grad=True)
+        grad = torch.randn_like(op(x))
+
+        def forward_only():
+            with torch.no_grad():
+                op(x)
+
+        def forward_backward():
+            op(x).backward(grad)
+
+        cpu, _ = interleaved({"f": forward_only, "fb": forward_backward}, reps, 1)
+        f_total += statistics.median(cpu["f"])
+        fb_total += statistics.median(cpu["fb"])
+    return f_total, fb_total
 
 
 def profile(fn: Callable[[], None], title: str, rows: int = 15) -> str:
@@ -303,14 +327,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--opt-reps", type=int, default=50, help="repetitions of the optimizer-step-alone timing")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of the steps")
-    parser.add_argument("--compiled-proposal", action="store_true",
-                        help="also time BSO's update fused by torch.compile (a proposal; compiling takes ~1 min)")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time BSO/T-BSO with fused=True, and use it in the training-step paths "
+                             "(default: on; off with --quick; compiling takes ~20 s per optimizer)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     _common.apply_threads(args)
     if args.quick:
         args.arch, args.width, args.batch_size, args.image_size = "small_cnn", 8, 2, 16
         args.reps, args.warmup, args.opt_reps = 3, 1, 5
+    if args.fused is None:
+        args.fused = not args.quick
 
     info = _common.machine_info()
     kw = dict(width=args.width)
@@ -324,15 +351,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     fns: dict[str, Callable[[], None]] = {}
     all_paths = {}
     for opt in ("bso", "tbso"):
-        for name, p in build_paths(args.arch, args.batch_size, args.image_size, opt, **kw).items():
+        for name, p in build_paths(args.arch, args.batch_size, args.image_size, opt, fused=args.fused,
+                                   **kw).items():
             all_paths[(opt, name)] = p
             fns[f"{opt}/{name}"] = (lambda p=p: p.step(x, y, args.time_steps))
     step_cpu, step_wall = interleaved(fns, args.reps, args.warmup)
     med = {k: statistics.median(v) for k, v in step_cpu.items()}
     med_wall = {k: statistics.median(v) for k, v in step_wall.items()}
     opt_cpu, opt_wall = optimizer_step_times(args.arch, args.opt_reps, max(2, args.warmup), args.width,
-                                             compiled=args.compiled_proposal)
+                                             fused=args.fused)
     opt_med = {k: statistics.median(v) for k, v in opt_cpu.items()}
+    layer_f, layer_fb = weighted_layer_times(args.arch, args.batch_size, args.image_size, args.width,
+                                             max(3, args.reps // 2))
     opt_med_wall = {k: statistics.median(v) for k, v in opt_wall.items()}
 
     rows = []
@@ -359,7 +389,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                        f"spikingjelly ÷ ours = {sj:.2f} (target ≥ 1.00: {'met' if sj >= 1.0 else 'MISSED'})")
     for k in ("BSO", "T-BSO"):
         r = opt_ratios[k]
-        targets.append(f"{k} step ÷ SGD step = {r:.2f} (target ≤ 1.20: {'met' if r <= 1.2 else 'MISSED'})")
+        if args.fused:
+            rf = opt_ratios[f"{k} (fused=True)"]
+            targets.append(f"{k} step ÷ SGD step = {rf:.2f} with fused=True (target ≤ 1.20: "
+                           f"{'met' if rf <= 1.2 else 'MISSED'}); {r:.2f} eager (the default)")
+        else:
+            targets.append(f"{k} step ÷ SGD step = {r:.2f} eager (target ≤ 1.20, for fused=True: not measured)")
 
     setting = (f"{args.arch}{f' (width {args.width})' if args.width else ''}, {args.image_size}×{args.image_size} "
                f"input, batch {args.batch_size}, CPU, {args.reps} interleaved repetitions after {args.warmup} "
@@ -369,7 +404,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         _common.report_header("Training time step: ours vs run-twice implementations", info),
         f"Setting: {setting}. Weight gradients of the three paths agree to {worst:.1e} (max relative difference). "
         "Ratios are medians over repetitions of the ratio of CPU times measured in the same repetition.",
-        "", "One time step (forward + backward + BSO/T-BSO step + SGD step):", "", step_table, "",
+        "", f"One time step (forward + backward + BSO/T-BSO step{' with fused=True' if args.fused else ''} + SGD step):",
+        "", step_table, "",
+        f"The layers the run-twice path runs twice, alone (same shapes): forward without grad {layer_f * 1e3:,.1f} ms, "
+        f"forward + backward {layer_fb * 1e3:,.1f} ms (backward ≈ {(layer_fb - layer_f) / layer_f:.2f}× the forward); "
+        f"running them twice costs (F + FB) / FB = {(layer_f + layer_fb) / layer_fb:.2f}× — the ratio they allow, "
+        "if nothing else took time.", "",
         "Optimizer step alone on the same tensors:", "", opt_table, "", "Targets:", "",
         *(f"- {t}" for t in targets),
     ])
@@ -395,7 +435,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     data = {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "max_grad_rel_diff": worst,
             "step_cpu_seconds": step_cpu, "step_wall_seconds": step_wall, "optimizer_cpu_seconds": opt_cpu,
             "optimizer_wall_seconds": opt_wall, "step_median": med, "optimizer_median": opt_med,
-            "step_ratio_to_ours": ratios, "optimizer_ratio_to_sgd": opt_ratios}
+            "step_ratio_to_ours": ratios, "optimizer_ratio_to_sgd": opt_ratios,
+            "weighted_layers_forward_seconds": layer_f, "weighted_layers_forward_backward_seconds": layer_fb}
     _common.write_results(_common.output_dir(args), "step_throughput", text, data)
     return data
 

@@ -71,6 +71,16 @@ def test_accuracy_quick(tmp_path, capsys):
     assert all(0.0 <= r["test_acc"] <= 100.0 for r in results)
 
 
+def test_accuracy_parallel_runs_give_the_same_results(tmp_path):
+    accuracy = _load("accuracy")
+    args = ["--quick", "--methods", "bso", "tbso", "--seeds", "0", "1"]
+    serial = accuracy.main(args)
+    parallel = accuracy.main([*args, "--jobs", "2"])  # two spawned processes
+    key = lambda r: (r["method"], r["time_steps"], r["seed"])  # noqa: E731
+    assert [key(r) for r in parallel] == [key(r) for r in serial]
+    assert [r["test_acc"] for r in parallel] == [r["test_acc"] for r in serial]
+
+
 def test_state_bytes_quick(tmp_path, capsys):
     from bso_lightning.models import build_model, model_size_bytes
 
