@@ -5,9 +5,9 @@ reads and writes every binary tensor about eight times; compiled, each tensor is
 the finiteness check (and T-BSO's mean(G²)) and once for the update of M and W together, which is
 less memory traffic than ``torch.optim.SGD``'s momentum step.
 
-The functions below have exactly the eager step's semantics (Eq. 11-12 and Eq. 13-14; a tensor
-whose gradient is not finite is skipped and counted; flips counted without a host sync) and are
-plain PyTorch: if ``torch.compile`` falls back to running them as Python (recompile limit), the
+The functions below have the eager step's semantics (Eq. 11-12 and Eq. 13-14; a tensor whose
+gradient is not finite is skipped and counted; flips counted without a host sync; M may differ from
+the eager step's in the last bit, as the compiled lerp rounds on its own) and are plain PyTorch: if ``torch.compile`` falls back to running them as Python (recompile limit), the
 results are the same. Hyper-parameters enter as 0-dim float32 tensors (``1 − β`` computed on the
 host, as the eager step does), so a schedule that changes γ or β every step does not recompile.
 """
