@@ -9,7 +9,8 @@ shared hyper-parameters and the stepping of the schedules (the per-epoch ones wi
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -19,12 +20,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
+from bso_lightning.tasks.faults import check_compatible
 from bso_lightning.tasks.loss import online_loss
 
 log = logging.getLogger(__name__)
 
 UPDATES = ("realtime", "accumulated")
 BN_RECALIBRATION_SEED = 1234
+#: Checkpoint entry of :meth:`TimeSteppedClassifier._checkpoint_extras` (named after the first class that
+#: wrote it; kept so that older checkpoints resume).
+CHECKPOINT_EXTRAS_KEY = "online_classifier"
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -143,6 +148,37 @@ class TimeSteppedClassifier(L.LightningModule):
         for scheduler, interval in zip(self._scheduler_list(), self._schedule_intervals(), strict=True):
             if interval == "step" or last_batch:
                 scheduler.step()
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save :meth:`_checkpoint_extras` (the epoch's running training accuracy, ...): exact mid-epoch resume."""
+        checkpoint[CHECKPOINT_EXTRAS_KEY] = self._checkpoint_extras()
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        return {"epoch": self.current_epoch,
+                "train_acc": {k: v.detach().clone() for k, v in self.train_acc.metric_state.items()
+                              if isinstance(v, Tensor)}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture (naming the file); restore what ``on_save_checkpoint`` added."""
+        saved = checkpoint.get("hyper_parameters")
+        if isinstance(saved, Mapping):
+            path = self._trainer.ckpt_path if self._trainer is not None else None
+            check_compatible(saved, self.hparams, path or "<checkpoint>")
+        extras = checkpoint.get(CHECKPOINT_EXTRAS_KEY, {})
+        self._resumed_train_acc = (extras.get("epoch"), extras.get("train_acc", {}))
+        self._restore_checkpoint_extras(extras)
+
+    def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
+        """Subclasses restore their own entries of :meth:`_checkpoint_extras` here."""
+
+    def on_train_start(self) -> None:
+        """Resuming mid-epoch: continue the epoch's training accuracy from the checkpoint."""
+        epoch, state = getattr(self, "_resumed_train_acc", (None, {}))
+        self._resumed_train_acc = (None, {})
+        if epoch == self.current_epoch:  # (not when the saved epoch had ended)
+            for name, value in state.items():
+                setattr(self.train_acc, name, value.to(self.device))
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate(self, batch, metric: MulticlassAccuracy, stage: str) -> Tensor:

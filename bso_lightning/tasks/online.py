@@ -30,7 +30,7 @@ from bso_lightning.optim._common import check_betas, check_decay, check_eps, che
 from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
 from bso_lightning.tasks.batch import check_time_steps
 from bso_lightning.tasks.faults import (
-    CheckpointError, NonFiniteError, NonFiniteWarning, all_finite, check_checkpoint, check_compatible,
+    CheckpointError, NonFiniteError, NonFiniteWarning, all_finite, check_checkpoint,
     describe_nonfinite, nonfinite_gradients, step_if,
 )
 
@@ -233,33 +233,13 @@ class OnlineClassifier(TimeSteppedClassifier):
         self.log("faults/nonfinite_grads", skipped_updates.float(), batch_size=batch_size)
 
     # ----------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also save the running training accuracy of the epoch and the fault counts (exact mid-epoch resume)."""
-        checkpoint["online_classifier"] = {
-            "epoch": self.current_epoch,
-            "train_acc": {k: v.detach().clone() for k, v in self.train_acc.metric_state.items()
-                          if isinstance(v, Tensor)},
-            "fault_counts": self._fault_counts.detach().clone(),
-        }
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        """Also the fault counts (batches dropped, full-precision steps skipped)."""
+        return {**super()._checkpoint_extras(), "fault_counts": self._fault_counts.detach().clone()}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another architecture (naming the file); restore what ``on_save_checkpoint`` added."""
-        saved = checkpoint.get("hyper_parameters")
-        if isinstance(saved, Mapping):
-            path = self._trainer.ckpt_path if self._trainer is not None else None
-            check_compatible(saved, self.hparams, path or "<checkpoint>")
-        extra = checkpoint.get("online_classifier", {})
-        self._resumed_train_acc = (extra.get("epoch"), extra.get("train_acc", {}))
-        if "fault_counts" in extra:
-            self._fault_counts.copy_(extra["fault_counts"])
-
-    def on_train_start(self) -> None:
-        """Resuming mid-epoch: continue the epoch's training accuracy from the checkpoint."""
-        epoch, state = getattr(self, "_resumed_train_acc", (None, {}))
-        self._resumed_train_acc = (None, {})
-        if epoch == self.current_epoch:  # (not when the saved epoch had ended)
-            for name, value in state.items():
-                setattr(self.train_acc, name, value.to(self.device))
+    def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
+        if "fault_counts" in extras:
+            self._fault_counts.copy_(extras["fault_counts"])
 
     def _binary_schedule(self) -> BinaryHyperparameterScheduler:
         return self.lr_schedulers()[1]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.cli import build_cli
@@ -118,6 +118,38 @@ def test_baseline_resumed_from_an_end_of_epoch_checkpoint_keeps_its_learning_rat
     resumed.fit(make_baseline(cls, seed=123), datamodule=digits(), ckpt_path=ckpt)
     assert resumed_lrs.seen == reference_lrs.seen[BATCHES:]
     assert resumed_lrs.seen[0][2] != reference_lrs.seen[0][2]  # the cosine has moved on since epoch 0
+    assert_same(expected, snapshot(resumed))
+
+
+class RecordTrainAccState(Callback):
+    """The running training-accuracy state (per-class counts) after every training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append({k: v.clone() for k, v in pl_module.train_acc.metric_state.items()})
+
+
+@pytest.mark.parametrize("cls", [OTTTClassifier, BPTTLatentClassifier])
+def test_baseline_resumed_mid_epoch_matches_the_uninterrupted_run(tmp_path, cls):
+    """A checkpoint from the middle of epoch 1 resumes the baseline bit for bit, the epoch's running training
+    accuracy included (it is saved with the checkpoint, as for the online classifier)."""
+    steps_per_batch = 2
+    mid_epoch = steps_per_batch * (BATCHES + 2)  # after batch 2 of epoch 1
+    periodic = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=mid_epoch, save_top_k=1,
+                               filename="{step}")
+    reference_acc = RecordTrainAccState()
+    reference = make_trainer(tmp_path / "run", callbacks=[periodic, reference_acc], enable_checkpointing=True)
+    reference.fit(make_baseline(cls), datamodule=digits())
+    expected = snapshot(reference)
+
+    resumed_acc = RecordTrainAccState()
+    resumed = make_trainer(tmp_path / "resumed", callbacks=[resumed_acc])
+    resumed.fit(make_baseline(cls, seed=123), datamodule=digits(),
+                ckpt_path=tmp_path / "ckpt" / f"step={mid_epoch}.ckpt")
+    assert len(resumed_acc.seen) == BATCHES - 2
+    assert_same(reference_acc.seen[BATCHES + 2:], resumed_acc.seen, "train_acc state")  # counts of the whole epoch
     assert_same(expected, snapshot(resumed))
 
 
