@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any
 
@@ -220,6 +220,15 @@ class BinaryOptimizer(torch.optim.Optimizer):
                 self._init_state(p, self.state[p])
             params.append(p)
         return params
+
+    def _groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
+        """Each group (hyper-parameters re-checked, as a schedule may have changed them) with its
+        parameters that have a gradient; groups without any are skipped."""
+        for group in self.param_groups:
+            self._check_group(group)
+            params = self._params_with_grad(group)
+            if params:
+                yield group, params
 
     def _by_device(self, params: list[Tensor]) -> list[tuple[list[Tensor], list[dict[str, Any]]]]:
         """``params`` and their states, split by device (one fused call each)."""

@@ -67,11 +67,7 @@ class BSO(BinaryOptimizer):
         if time_step is not None:
             check_time_step(time_step)
         loss = self._evaluate(closure)
-        for group in self.param_groups:
-            self._check_group(group)
-            params = self._params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self._groups_to_step():
             if self.fused:
                 for ps, states in self._by_device(params):
                     fused_bso_update(ps, [s["momentum"] for s in states], [s["last_flips"] for s in states],

@@ -82,11 +82,7 @@ class TBSO(BinaryOptimizer):
         """One update (Eq. 13-14) for time step ``time_step`` (an int >= 0)."""
         t = check_time_step(time_step)
         loss = self._evaluate(closure)
-        for group in self.param_groups:
-            self._check_group(group)
-            params = self._params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self._groups_to_step():
             if self.fused:
                 for ps, states in self._by_device(params):
                     fused_tbso_update(ps, [s["momentum"] for s in states],

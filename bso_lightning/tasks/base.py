@@ -104,13 +104,14 @@ class TimeSteppedClassifier(L.LightningModule):
         output_sum = torch.zeros((), device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         realtime = hp.update_mode == "realtime"
+        optimizers = self._optimizer_list()
         for t in range(hp.time_steps):
             out = self.model(input_at_time_step(x, t))
             loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
             self.manual_backward(loss)
             if realtime or t == hp.time_steps - 1:
                 step(t if realtime else 0)
-                for optimizer in self._optimizer_list():
+                for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
             output_sum = output_sum + out.detach()
             loss_sum = loss_sum + loss.detach()

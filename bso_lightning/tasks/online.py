@@ -153,9 +153,9 @@ class OnlineClassifier(TimeSteppedClassifier):
         hp = self.hparams
         if hp.optimizer == "bso":
             return BSO(self.split.binary, threshold=hp.threshold, beta=hp.beta,
-                       reset_momentum_on_flip=hp.reset_momentum_on_flip, fused=bool(hp.get("fused_optimizer")))
+                       reset_momentum_on_flip=hp.reset_momentum_on_flip, fused=hp.fused_optimizer)
         return TBSO(self.split.binary, threshold=hp.threshold, betas=tuple(hp.betas), eps=hp.eps,
-                    fused=bool(hp.get("fused_optimizer")))
+                    fused=hp.fused_optimizer)
 
     def _make_schedule_decay(self):
         hp = self.hparams
