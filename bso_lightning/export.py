@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from bso_lightning.models import build_model, model_size_bytes
-from bso_lightning.optim import split_parameters
+from bso_lightning.nn.routing import split_parameters
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
            "model_spec_from_hparams", "main"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from bso_lightning.callbacks._logging import log_to_loggers, logging_step
 from bso_lightning.models import model_size_bytes
-from bso_lightning.optim import split_parameters
+from bso_lightning.nn.routing import split_parameters
 
 __all__ = ["ModelSizeCallback", "model_size_metrics"]
 

@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from bso_lightning.optim.routing import split_parameters
+from bso_lightning.nn.routing import split_parameters
 
 
 def model_size_bytes(model: nn.Module) -> int:

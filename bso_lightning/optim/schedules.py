@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ._common import check_decay, check_threshold
+from .checks import check_decay, check_threshold
 
 
 def _check_k(k: int) -> int:

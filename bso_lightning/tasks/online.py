@@ -26,7 +26,7 @@ from bso_lightning.optim import (
     BSO, TBSO, BinaryHyperparameterScheduler, ConstantDecay, InverseSqrtDecay, StepDecay, check_partition,
     split_parameters,
 )
-from bso_lightning.optim._common import check_betas, check_decay, check_eps, check_threshold
+from bso_lightning.optim.checks import check_betas, check_decay, check_eps, check_threshold
 from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
 from bso_lightning.tasks.batch import check_time_steps
 from bso_lightning.tasks.faults import (

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from bso_lightning.optim import BSO, ParameterSplit, check_partition, split_parameters
+from bso_lightning.nn.routing import ParameterSplit, check_partition, split_parameters
+from bso_lightning.optim import BSO
 
 
 class BinaryLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""Routing of parameters: binary weights to BSO/TBSO, everything else to a float optimizer.
+"""Routing of parameters: binary weights to BSO/TBSO, everything else to a float optimizer (beside the binary layers that claim them).
 
 Binary parameters are claimed by the layers that own them (duck typing): any module with a
 callable ``binary_parameters()`` method claims the Parameters it returns. Every trainable
