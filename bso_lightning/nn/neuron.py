@@ -5,8 +5,13 @@
     â[t] = μ[t] · â[t−1] + s[t]                      (trace of the output spikes)
 
 ``ottt``: μ = λ. ``ndot``: μ[t] = (u[t] − Vth·s[t]) / (u[t−1] − Vth·s[t−1]), clamped to [−λ, λ],
-λ where the denominator is (near) zero or the ratio is not finite. The membrane state is detached
-between steps (no backprop through time), so no graph of step t−1 outlives step t.
+λ where the denominator is (near) zero (|·| ≤ 1e-6) or the ratio is not finite (the paper's NDOT).
+``ndot_reference``: the decay the authors' code (``hamingsi/BSO``, ``modules/neuron.py``) computes — it
+subtracts Vth·s from a potential that was already reset, so
+μ[t] = (u[t] − 2·Vth·s[t]) / (u[t−1] − 2·Vth·s[t−1]), clamped to [−λ, λ], λ only where the denominator
+is exactly 0 or a value is not finite (their ``safe_divide``; a tiny non-zero denominator gives ±λ through
+the clamp). u is the pre-reset potential throughout. The membrane state is detached between steps (no
+backprop through time), so no graph of step t−1 outlives step t.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from torch import Tensor
 
 from bso_lightning.nn.spike_trace import SpikeTrace
 
-TraceMode = Literal["ottt", "ndot", "none"]
-TRACE_MODES = ("ottt", "ndot", "none")
+TraceMode = Literal["ottt", "ndot", "ndot_reference", "none"]
+TRACE_MODES = ("ottt", "ndot", "ndot_reference", "none")
 NDOT_EPS = 1e-6
 
 
 def ndot_decay(v_post: Tensor, v_post_prev: Tensor, decay: float, eps: float = NDOT_EPS) -> Tensor:
-    """NDOT trace decay μ[t] = v_post[t] / v_post[t−1], clamped to [−λ, λ]; λ where undefined."""
+    """NDOT trace decay μ[t] = v_post[t] / v_post[t−1], clamped to [−λ, λ]; λ where undefined.
+
+    Undefined: |v_post[t−1]| ≤ ``eps`` (``eps=0``: exactly zero), or a value that is not finite.
+    """
     ratio = v_post / v_post_prev
     valid = (v_post_prev.abs() > eps) & torch.isfinite(ratio) & torch.isfinite(v_post_prev)
     return torch.where(valid, ratio.clamp(-decay, decay), torch.full_like(ratio, decay))
@@ -38,7 +46,8 @@ class OnlineLIFNode(LIFNode):
     Args:
         decay: λ, the membrane decay per step (τ = 1 / (1 − λ)); paper default 0.5.
         v_threshold: Vth; paper default 1.
-        trace: ``"ottt"`` (μ = λ), ``"ndot"`` (μ from the membrane dynamics) or ``"none"``.
+        trace: ``"ottt"`` (μ = λ), ``"ndot"`` (μ from the membrane dynamics, paper), ``"ndot_reference"``
+            (the authors' code: Vth·s subtracted twice, see the module docstring) or ``"none"``.
         surrogate_alpha: slope α of the sigmoid surrogate; paper default 4.
     """
 
@@ -62,6 +71,8 @@ class OnlineLIFNode(LIFNode):
         self.decay = decay
         self.trace_mode = trace
         self.register_memory("trace", None)
+        if trace == "ndot_reference":
+            self.register_memory("ndot_numerator", None)  # u[t−1] − 2·Vth·s[t−1], the next step's denominator
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
@@ -72,11 +83,27 @@ class OnlineLIFNode(LIFNode):
         spike = self.surrogate_function(u - self.v_threshold)
         with torch.no_grad():
             v = u - self.v_threshold * spike  # soft reset; stored detached
+        if self.trace_mode == "ndot_reference":
+            return self._reference_forward(spike, v, trace_prev, states[2])
         if not self.training or self.trace_mode == "none":
             return (spike,), (v, None)
         with torch.no_grad():
             trace = self._next_trace(spike.detach(), v, v_prev, trace_prev)
         return (SpikeTrace(spike, trace),), (v, trace)
+
+    def _reference_forward(self, spike: Tensor, v: Tensor, trace_prev: Optional[Tensor],
+                           numerator_prev: Optional[Tensor]):
+        """``ndot_reference``: μ[t] = q[t] / q[t−1] with q[t] = u[t] − 2·Vth·s[t] = v[t] − Vth·s[t]."""
+        if not self.training:
+            return (spike,), (v, None, None)
+        with torch.no_grad():
+            spike_d = spike.detach()
+            numerator = v - self.v_threshold * spike_d
+            if trace_prev is None or trace_prev.shape != spike.shape or numerator_prev is None:
+                trace = spike_d.clone()
+            else:
+                trace = trace_prev * ndot_decay(numerator, numerator_prev, self.decay, eps=0.0) + spike_d
+        return (SpikeTrace(spike, trace),), (v, trace, numerator)
 
     def _next_trace(self, spike: Tensor, v: Tensor, v_prev: Tensor, trace_prev: Optional[Tensor]) -> Tensor:
         if trace_prev is None or trace_prev.shape != spike.shape:

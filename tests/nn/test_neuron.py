@@ -85,3 +85,50 @@ def test_eval_returns_plain_spikes_and_reset_clears_state():
 def test_bad_arguments_name_the_culprit(kwargs, name):
     with pytest.raises(ValueError, match=name):
         OnlineLIFNode(**kwargs)
+
+
+def test_ndot_reference_trace_matches_hand_computed_sequence():
+    """Authors' decay μ[t] = (u[t] − 2·Vth·s[t]) / (u[t−1] − 2·Vth·s[t−1]), u pre-reset, λ = 0.5, Vth = 1.
+
+    Hand computation for inputs I = 0.8, 0.9, 0.1, 0.5 (one neuron):
+      t=0: u = 0.8,               s = 0, q = 0.8,  â = 0
+      t=1: u = 0.5·0.8 + 0.9 = 1.3, s = 1, q = 1.3 − 2 = −0.7, μ = −0.7/0.8 = −0.875 → clamp −0.5, â = 1
+      t=2: u = 0.5·0.3 + 0.1 = 0.25, s = 0, q = 0.25, μ = 0.25/−0.7 = −0.357142…, â = −0.357142…
+      t=3: u = 0.5·0.25 + 0.5 = 0.625, s = 0, q = 0.625, μ = 2.5 → clamp 0.5, â = −0.178571…
+    (the paper's NDOT would use q = u − Vth·s: at t=2 μ = 0.25/0.3 → clamp 0.5, â = 0.5 instead)
+    """
+    node = OnlineLIFNode(decay=0.5, v_threshold=1.0, trace="ndot_reference")
+    expected = [0.0, 1.0, -0.25 / 0.7, -0.25 / 0.7 * 0.5]
+    for x, want in zip((0.8, 0.9, 0.1, 0.5), expected):
+        out = node(torch.tensor([x]))
+        torch.testing.assert_close(out.trace, torch.tensor([want]), rtol=1e-6, atol=1e-7)
+    paper = OnlineLIFNode(decay=0.5, v_threshold=1.0, trace="ndot")
+    traces = [paper(torch.tensor([x])).trace.item() for x in (0.8, 0.9, 0.1)]
+    assert traces[2] == pytest.approx(0.5)  # the two decays disagree after a spike
+
+
+def test_ndot_reference_falls_back_only_on_exact_zero_or_non_finite():
+    """safe_divide of the authors: λ where the denominator is exactly 0 or not finite; a tiny one is clamped.
+
+    Inputs: t=0 I = (2.0, 1e-9, 0.5) → s = (1, 0, 0), q = (2 − 2, 1e-9, 0.5) = (0, 1e-9, 0.5);
+    t=1 I = (0.3, −0.1, 0.0) → u = (0.5·1 + 0.3, 0.5e-9 − 0.1, 0.25) = (0.8, ≈−0.1, 0.25), s = 0, q = u.
+    μ = (0/… → λ = 0.5, −0.1/1e-9 → clamp −0.5, 0.25/0.5 = 0.5); â[1] = μ·â[0] + 0 = (0.5, 0, 0).
+    """
+    node = OnlineLIFNode(decay=0.5, trace="ndot_reference")
+    node(torch.tensor([2.0, 1e-9, 0.5]))
+    node.trace = torch.tensor([1.0, 1.0, 1.0])  # make every μ visible in â[1] = μ · 1 + s[1]
+    out = node(torch.tensor([0.3, -0.1, 0.0]))
+    torch.testing.assert_close(out.trace, torch.tensor([0.5, -0.5, 0.5]))
+    paper = ndot_decay(torch.tensor([-0.1]), torch.tensor([1e-9]), 0.5)  # the paper's NDOT: near zero → λ
+    torch.testing.assert_close(paper, torch.tensor([0.5]))
+
+
+def test_ndot_reference_resets_with_the_net_and_is_plain_in_eval():
+    node = OnlineLIFNode(trace="ndot_reference")
+    node(torch.tensor([1.5, 0.2]))
+    functional.reset_net(node)
+    assert node.trace is None and node.ndot_numerator is None
+    first = node(torch.tensor([1.5, 0.2]))
+    torch.testing.assert_close(first.trace, first.spike)  # â[0] = s[0] after a reset
+    node.eval()
+    assert not isinstance(node(torch.tensor([1.5, 0.2])), SpikeTrace)

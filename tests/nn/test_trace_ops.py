@@ -68,3 +68,20 @@ def test_plain_tensor_input_uses_ordinary_op():
     x = torch.randn(3, 4)
     layer(x).sum().backward()
     torch.testing.assert_close(layer.weight.grad, torch.ones(3, 2).t() @ x)
+
+
+def test_weight_gradient_uses_the_authors_ndot_trace():
+    """An ``ndot_reference`` neuron feeding an online linear layer: G[t] = ζ[t] · â[t]ᵀ with the authors' â.
+
+    One presynaptic neuron, λ = 0.5, Vth = 1, inputs I = 0.8, 0.9, 0.1 (hand-computed in test_neuron):
+    â = 0, 1, −0.25/0.7; the paper's NDOT gives â[2] = 0.5, OTTT 0.5 as well.
+    """
+    from bso_lightning.nn import OnlineLIFNode
+
+    node = OnlineLIFNode(decay=0.5, v_threshold=1.0, trace="ndot_reference")
+    layer = OnlineLinear(1, 1, bias=False)
+    for x in (0.8, 0.9, 0.1):
+        layer.zero_grad()
+        out = layer(node(torch.tensor([[x]])))
+        out.backward(torch.tensor([[2.0]]))  # ζ = 2
+    torch.testing.assert_close(layer.weight.grad, torch.tensor([[2.0 * -0.25 / 0.7]]))
