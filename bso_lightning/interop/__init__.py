@@ -1,0 +1,1 @@
+"""Exchange with other tools of the field: NIR (the Neuromorphic Intermediate Representation)."""

@@ -1,0 +1,423 @@
+"""NIR export and import of this library's feed-forward BSNNs (``vgg11``, ``small_cnn``; docs/deploying.md).
+
+Each layer of the ``nn.Sequential`` model becomes one NIR node, in a chain ``input -> ... -> output``:
+
+========================  ==================================================================================
+ours                      NIR
+========================  ==================================================================================
+conv (binary or not)      ``Conv2d`` (binary weights exactly ±1, bias 0 where the layer has none)
+BatchNorm2d (eval)        ``batchnorm="separate"``: a 1×1 ``Conv2d`` with diagonal weight γ/√(σ²+ε) and bias
+                          β − μ·γ/√(σ²+ε) (binary convs stay ±1); ``"fold"``: folded into the conv before it
+LIF (λ, Vth, soft reset)  ``LIF`` with τ = dt/(1−λ), R = 1/(1−λ), v_leak = 0, v_threshold = Vth, v_reset = 0
+AvgPool2d / global pool   ``AvgPool2d`` (global pooling: kernel = stride = the feature map)
+Flatten                   ``Flatten(start_dim=0)`` (NIR shapes have no batch dimension)
+classifier                ``Affine`` (the readout: its output current at each step; prediction = mean over T)
+========================  ==================================================================================
+
+Forward-Euler of NIR's LIF, τ·dv/dt = (v_leak − v) + R·I, with step dt gives v[t] = (1 − dt/τ)·v[t−1] +
+(R·dt/τ)·I[t] = λ·v[t−1] + I[t]: our decay with the input not decayed. NIR's LIF resets to v_reset;
+ours subtracts Vth (paper Eq. 2), which NIR's LIF cannot state, so every LIF node carries
+``metadata["reset"] = "subtract"`` (and ``"decay"``, ``"dt"``); our importer honours it, a generic consumer
+resets to zero (measured by ``benchmarks/nir_agreement.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import nir
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bso_lightning.atomic import PathLike, atomic_file
+from bso_lightning.nn import BinaryConv2d, OnlineConv2d, OnlineLinear, OnlineLIFNode, SpikeTraceMap
+from bso_lightning.nn.layers import BinaryLayer
+
+__all__ = ["DEFAULT_DT", "NIRExportError", "export_nir", "import_nir", "write_nir", "read_nir"]
+
+DEFAULT_DT = 1e-4
+"""Seconds per time step written into the graph; our steps have no physical duration. 0.1 ms is the step
+snntorch's NIR importer assumes, so its β = 1 − dt/τ equals our λ."""
+
+BatchNormMode = Literal["separate", "fold"]
+PRODUCER = "bso-lightning"
+
+
+class NIRExportError(ValueError):
+    """The model (or graph) holds something this exporter (importer) does not translate; names the layer."""
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _sequential_of(model: nn.Module) -> nn.Sequential:
+    inner = getattr(model, "model", model)  # an OnlineClassifier holds its network in .model
+    if not isinstance(inner, nn.Sequential):
+        raise NIRExportError(f"NIR export supports the feed-forward nn.Sequential models (vgg11, small_cnn); "
+                             f"got {type(inner).__name__}")
+    return inner
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as y = scale·x + shift (float64 for the arithmetic, then float32)."""
+    var = bn.running_var.double()
+    mean = bn.running_mean.double()
+    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = weight / torch.sqrt(var + bn.eps)
+    return scale, bias - mean * scale
+
+
+def _conv_node(conv: nn.Conv2d, shape: Sequence[int], weight: Tensor, bias: Optional[Tensor],
+               metadata: dict[str, Any]) -> nir.Conv2d:
+    return nir.Conv2d(
+        input_shape=tuple(int(s) for s in shape[2:]),
+        weight=_np(weight),
+        stride=tuple(conv.stride), padding=tuple(conv.padding), dilation=tuple(conv.dilation),
+        groups=conv.groups,
+        bias=_np(bias) if bias is not None else np.zeros(weight.shape[0], dtype=np.float32),
+        metadata=metadata,
+    )
+
+
+def _bn_node(bn: nn.BatchNorm2d, shape: Sequence[int]) -> nir.Conv2d:
+    scale, shift = _bn_scale_shift(bn)
+    c = scale.numel()
+    meta = {"bso_layer": "batchnorm", "eps": float(bn.eps), "running_mean": _np(bn.running_mean),
+            "running_var": _np(bn.running_var),
+            "gamma": _np(bn.weight) if bn.weight is not None else np.ones(c, np.float32),
+            "beta": _np(bn.bias) if bn.bias is not None else np.zeros(c, np.float32)}
+    # a dense 1x1 conv with a diagonal weight: NIR 1.0.8's type inference ignores `groups`, so the
+    # depthwise form (C weights instead of C²) fails nir.read's type check
+    weight = torch.diag(scale.float()).view(c, c, 1, 1)
+    return nir.Conv2d(input_shape=tuple(int(s) for s in shape[2:]), weight=_np(weight),
+                      stride=1, padding=0, dilation=1, groups=1, bias=_np(shift.float()), metadata=meta)
+
+
+def _lif_node(lif: OnlineLIFNode, shape: Sequence[int], dt: float) -> nir.LIF:
+    decay, vth = float(lif.decay), float(lif.v_threshold)
+    full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731
+    return nir.LIF(tau=full(dt / (1.0 - decay)), r=full(1.0 / (1.0 - decay)), v_leak=full(0.0),
+                   v_threshold=full(vth), v_reset=full(0.0),
+                   metadata={"reset": "subtract", "decay": decay, "dt": dt, "fires_when": "v >= v_threshold"})
+
+
+def _pool_node(pool: nn.Module, shape: Sequence[int]) -> nir.AvgPool2d:
+    if isinstance(pool, nn.AdaptiveAvgPool2d):
+        out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+        h, w = int(shape[2]), int(shape[3])
+        if any(o is None for o in out) or h % out[0] or w % out[1]:
+            raise NIRExportError(f"AdaptiveAvgPool2d({pool.output_size}) on a {h}x{w} map is not a fixed pooling")
+        k = (h // out[0], w // out[1])
+        return nir.AvgPool2d(kernel_size=np.array(k), stride=np.array(k), padding=np.array([0, 0]))
+    if pool.ceil_mode or not pool.count_include_pad or pool.divisor_override is not None:
+        raise NIRExportError("AvgPool2d with ceil_mode, count_include_pad=False or divisor_override has no NIR node")
+    pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
+    stride = pool.stride if pool.stride is not None else pool.kernel_size
+    return nir.AvgPool2d(kernel_size=pair(pool.kernel_size), stride=pair(stride), padding=pair(pool.padding))
+
+
+@torch.no_grad()
+def export_nir(model: nn.Module, input_shape: Sequence[int], dt: float = DEFAULT_DT,
+               batchnorm: BatchNormMode = "separate", time_steps: Optional[int] = None) -> nir.NIRGraph:
+    """The NIR graph of ``model`` (an ``OnlineClassifier`` or its ``nn.Sequential`` network) for inputs ``[C, H, W]``.
+
+    Args:
+        input_shape: one sample's shape, without batch dimension (e.g. ``(1, 16, 16)`` for digits).
+        dt: seconds per time step stated in the graph (τ = dt/(1−λ)); default :data:`DEFAULT_DT`.
+        batchnorm: ``"separate"`` (binary weights stay ±1; BatchNorm is a diagonal 1×1 conv) or ``"fold"``.
+        time_steps: T the model was trained with, recorded in the graph's metadata (default: the module's).
+    """
+    if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
+    if batchnorm not in ("separate", "fold"):
+        raise ValueError(f"batchnorm must be 'separate' or 'fold', got {batchnorm!r}")
+    if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
+        raise ValueError(f"input_shape must be [C, H, W] of positive sizes, got {list(input_shape)}")
+    hparams = getattr(model, "hparams", None)
+    if time_steps is None and isinstance(hparams, Mapping):
+        time_steps = hparams.get("time_steps")
+    seq = _sequential_of(model)
+    layers = list(seq)
+    x = torch.zeros(1, *[int(s) for s in input_shape])
+    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
+    order = ["input"]
+    i = 0
+    while i < len(layers):
+        layer, name = layers[i], str(i)
+        inner = layer.module if isinstance(layer, SpikeTraceMap) else layer
+        if isinstance(inner, nn.Conv2d):
+            binary = isinstance(inner, BinaryLayer)
+            if isinstance(inner, BinaryLayer) and not bool(((inner.weight == 1) | (inner.weight == -1)).all()):
+                raise NIRExportError(f"layer {name} ({type(inner).__name__}) holds weights other than ±1")
+            weight, bias = inner.weight.double(), inner.bias.double() if inner.bias is not None else None
+            bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d) else None
+            meta = {"bso_layer": "binary_conv" if binary else "conv"}
+            if batchnorm == "fold" and bn is not None:
+                scale, shift = _bn_scale_shift(bn)
+                weight = weight * scale.view(-1, 1, 1, 1)
+                bias = shift if bias is None else bias * scale + shift
+                meta = {"bso_layer": "conv_bn_folded", "binary": int(binary)}
+                i += 1
+            nodes[name] = _conv_node(inner, x.shape, weight.float(), None if bias is None else bias.float(), meta)
+            x = inner(x)
+        elif isinstance(inner, nn.BatchNorm2d):
+            nodes[name] = _bn_node(inner, x.shape)
+        elif isinstance(inner, OnlineLIFNode):
+            nodes[name] = _lif_node(inner, x.shape[1:], float(dt))
+        elif isinstance(inner, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            nodes[name] = _pool_node(inner, x.shape)
+            x = inner(x)
+        elif isinstance(inner, nn.Flatten):
+            if inner.start_dim != 1 or inner.end_dim != -1:
+                raise NIRExportError(f"layer {name}: only Flatten(1, -1) is exported, got ({inner.start_dim}, {inner.end_dim})")
+            nodes[name] = nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=0, end_dim=-1)
+            x = inner(x)
+        elif isinstance(inner, nn.Linear):
+            bias = inner.bias if inner.bias is not None else torch.zeros(inner.out_features)
+            kind = "binary_linear" if isinstance(inner, BinaryLayer) else "linear"
+            nodes[name] = nir.Affine(weight=_np(inner.weight), bias=_np(bias), metadata={"bso_layer": kind})
+            x = inner(x)
+        else:
+            raise NIRExportError(f"layer {name} ({type(inner).__name__}) has no NIR translation here; exported are "
+                                 "Conv2d, BatchNorm2d, OnlineLIFNode, AvgPool2d, Flatten, Linear (vgg11, small_cnn)")
+        order.append(name)
+        i += 1
+    nodes["output"] = nir.Output(output_type={"output": np.array(x.shape[1:])})
+    order.append("output")
+    metadata = {"producer": PRODUCER, "dt": float(dt), "batchnorm": batchnorm,
+                "readout": "prediction = mean over the time steps of the output node's value",
+                "input": "static data: the same input current at every step; event data: frame t at step t"}
+    if time_steps is not None:
+        metadata["time_steps"] = int(time_steps)
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:])), metadata=metadata)
+
+
+def write_nir(graph: nir.NIRGraph, path: PathLike) -> int:
+    """Write ``graph`` with ``nir.write`` (atomically); returns the file size in bytes."""
+    with atomic_file(path) as tmp:
+        nir.write(str(tmp), graph)
+    return Path(path).stat().st_size
+
+
+def read_nir(path: PathLike) -> nir.NIRGraph:
+    """``nir.read`` with a clear error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such NIR file")
+    try:
+        return nir.read(str(path))
+    except Exception as exc:  # noqa: BLE001 - h5py/nir raise many kinds
+        raise NIRExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from exc
+
+
+# --------------------------------------------------------------------------------------------- import
+
+
+def _chain(graph: nir.NIRGraph) -> list[str]:
+    nexts: dict[str, list[str]] = {}
+    for src, dst in graph.edges:
+        nexts.setdefault(src, []).append(dst)
+    inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
+    if len(inputs) != 1:
+        raise NIRExportError(f"expected one Input node, found {len(inputs)}")
+    order = [inputs[0]]
+    while not isinstance(graph.nodes[order[-1]], nir.Output):
+        succ = nexts.get(order[-1], [])
+        if len(succ) != 1 or succ[0] in order:
+            raise NIRExportError(f"node {order[-1]!r} has {len(succ)} successors; only chains "
+                                 "input -> ... -> output are imported")
+        order.append(succ[0])
+    return order[1:-1]
+
+
+def _meta(node: nir.NIRNode, key: str, default: Any = None) -> Any:
+    value = (node.metadata or {}).get(key, default)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _unique(values: np.ndarray, what: str, name: str) -> float:
+    u = np.unique(values)
+    if u.size != 1:
+        raise NIRExportError(f"node {name!r}: {what} differs between neurons; our LIF layer takes one value")
+    return float(u[0])
+
+
+def _import_conv(node: nir.Conv2d, name: str) -> nn.Module:
+    if _meta(node, "bso_layer") == "batchnorm":
+        c = node.weight.shape[0]
+        bn = nn.BatchNorm2d(c, eps=float(_meta(node, "eps")))
+        for attr, key in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"),
+                          ("running_var", "running_var")):
+            getattr(bn, attr).data.copy_(torch.as_tensor(np.asarray(node.metadata[key]), dtype=torch.float32))
+        return bn
+    weight = torch.as_tensor(np.asarray(node.weight), dtype=torch.float32)
+    bias = torch.as_tensor(np.asarray(node.bias), dtype=torch.float32) if node.bias is not None else None
+    has_bias = bias is not None and bool(bias.ne(0).any())
+    binary = _meta(node, "bso_layer") == "binary_conv" and not has_bias
+    cls = BinaryConv2d if binary else OnlineConv2d
+    pair = lambda v: tuple(int(a) for a in np.broadcast_to(np.asarray(v), (2,)))  # noqa: E731
+    if isinstance(node.padding, str):
+        raise NIRExportError(f"node {name!r}: string padding {node.padding!r} is not imported")
+    conv = cls(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]),
+               stride=pair(node.stride), padding=pair(node.padding), dilation=pair(node.dilation),
+               groups=int(node.groups), bias=has_bias)
+    conv.weight.data.copy_(weight)
+    if has_bias:
+        conv.bias.data.copy_(bias)
+    return conv
+
+
+def _import_lif(node: nir.LIF, name: str, dt: Optional[float]) -> nn.Module:
+    decay = _meta(node, "decay")
+    node_dt = _meta(node, "dt", dt)
+    if decay is None:
+        if node_dt is None:
+            raise NIRExportError(f"node {name!r}: LIF without 'decay' metadata needs the graph's dt")
+        decay = 1.0 - node_dt / _unique(np.asarray(node.tau), "tau", name)
+        gain = _unique(np.asarray(node.r), "r", name) * node_dt / _unique(np.asarray(node.tau), "tau", name)
+        if not math.isclose(gain, 1.0, rel_tol=1e-6):
+            raise NIRExportError(f"node {name!r}: R·dt/τ = {gain:g}; our LIF does not scale its input (needs 1)")
+    if not np.allclose(node.v_leak, 0.0):
+        raise NIRExportError(f"node {name!r}: v_leak must be 0")
+    if _meta(node, "reset", "zero") != "subtract":
+        raise NIRExportError(f"node {name!r}: a LIF with reset to v_reset (NIR's default) has no layer here; "
+                             "only graphs exported with reset='subtract' metadata are imported")
+    return OnlineLIFNode(decay=float(decay), v_threshold=_unique(np.asarray(node.v_threshold), "v_threshold", name))
+
+
+def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
+    """Our network (``nn.Sequential`` of this library's layers, eval mode) from a NIR graph made by :func:`export_nir`.
+
+    The result computes exactly what the exported model computed: same layers, same BatchNorm parameters
+    (from the nodes' metadata), same neuron dynamics (soft reset, λ from the metadata).
+    """
+    if not isinstance(graph, nir.NIRGraph):
+        graph = read_nir(graph)
+    dt = _meta(graph, "dt")
+    layers: list[nn.Module] = []
+    for name in _chain(graph):
+        node = graph.nodes[name]
+        if isinstance(node, nir.Conv2d):
+            layers.append(_import_conv(node, name))
+        elif isinstance(node, nir.LIF):
+            layers.append(_import_lif(node, name, dt))
+        elif isinstance(node, nir.AvgPool2d):
+            k, s, p = (tuple(int(a) for a in np.asarray(v).reshape(-1)) for v in (node.kernel_size, node.stride, node.padding))
+            layers.append(SpikeTraceMap(nn.AvgPool2d(k, s if len(s) > 1 else s * 2, p if len(p) > 1 else p * 2)))
+        elif isinstance(node, nir.Flatten):
+            if int(node.start_dim) != 0 or int(node.end_dim) != -1:
+                raise NIRExportError(f"node {name!r}: only Flatten(start_dim=0, end_dim=-1) is imported")
+            layers.append(SpikeTraceMap(nn.Flatten()))
+        elif isinstance(node, (nir.Affine, nir.Linear)):
+            w = torch.as_tensor(np.asarray(node.weight), dtype=torch.float32)
+            lin = OnlineLinear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
+            lin.weight.data.copy_(w)
+            if isinstance(node, nir.Affine):
+                lin.bias.data.copy_(torch.as_tensor(np.asarray(node.bias), dtype=torch.float32))
+            layers.append(lin)
+        else:
+            raise NIRExportError(f"node {name!r} ({type(node).__name__}) is not imported")
+    return nn.Sequential(*layers).eval()
+
+
+def run_sequence(network: nn.Module, x: Tensor, time_steps: int) -> Tensor:
+    """Mean output over ``time_steps`` of one of our networks (neurons reset before and after), like
+    ``OnlineClassifier.forward``; ``x`` is ``[B, C, H, W]`` (static) or ``[B, T, C, H, W]``."""
+    from spikingjelly.activation_based import functional
+
+    from bso_lightning.tasks.batch import input_at_time_step
+
+    functional.reset_net(network)
+    total = sum(network(input_at_time_step(x, t)) for t in range(time_steps))
+    functional.reset_net(network)
+    return total / time_steps
+
+
+def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequence[int],
+                          dt: float = DEFAULT_DT, batchnorm: BatchNormMode = "separate") -> int:
+    """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size."""
+    from bso_lightning.export import model_spec_from_hparams  # checkpoint reading shared with the packed export
+    from bso_lightning.models import build_model
+
+    checkpoint = Path(checkpoint)
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
+        raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch or state_dict)")
+    arch, kwargs = model_spec_from_hparams(hparams)
+    model = build_model(arch, **kwargs)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
+    graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"))
+    return write_nir(graph, out)
+
+
+# ------------------------------------------------------------------------ running in another library
+
+
+def snntorch_outputs(graph: Union[nir.NIRGraph, PathLike], x: Tensor, time_steps: int,
+                     reset: Literal["nir", "subtract"] = "nir") -> Tensor:
+    """Mean output over ``time_steps`` of ``graph`` run by snntorch's NIR importer (``pip install '.[nir]'``).
+
+    ``x``: ``[N, C, H, W]`` (static, shown at every step) or ``[N, T, C, H, W]``. snntorch maps NIR's
+    ``Flatten(start_dim=0)`` to ``torch.nn.Flatten(0, -1)``, which would merge a batch dimension, so the
+    samples run one at a time, unbatched, as NIR's shapes are. ``reset="nir"`` runs what the importer
+    builds (``snn.Leaky(reset_mechanism="zero")``: NIR's reset to v_reset); ``"subtract"`` switches those
+    neurons to snntorch's own reset by subtraction, the dynamics the graph's ``metadata["reset"]`` states.
+    """
+    import snntorch
+    from snntorch.import_nir import import_from_nir
+
+    if reset not in ("nir", "subtract"):
+        raise ValueError(f"reset must be 'nir' or 'subtract', got {reset!r}")
+    if not isinstance(graph, nir.NIRGraph):
+        graph = read_nir(graph)
+    with contextlib.redirect_stdout(io.StringIO()):  # the importer prints progress notes
+        net = import_from_nir(graph)
+    neurons = [m for m in net.modules() if isinstance(m, snntorch.Leaky)]
+    if reset == "subtract":
+        for neuron in neurons:
+            neuron.reset_mechanism = "subtract"
+    from bso_lightning.tasks.batch import input_at_time_step
+
+    outs = []
+    with torch.no_grad():
+        for sample in x:
+            for neuron in neurons:
+                neuron.mem = torch.zeros(0)  # re-initialised to the input's shape at the first step
+            state, total = None, 0.0
+            for t in range(time_steps):
+                out, state = net(input_at_time_step(sample.unsqueeze(0), t)[0], state)
+                total = total + out
+            outs.append(total / time_steps)
+    return torch.stack(outs)
+
+
+def agreement(ours: Tensor, theirs: Tensor) -> dict[str, float]:
+    """Prediction agreement (fraction of equal arg-max) and output differences of two ``[N, classes]`` tensors."""
+    diff = (ours - theirs).abs()
+    return {"agreement": float((ours.argmax(1) == theirs.argmax(1)).float().mean()),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
