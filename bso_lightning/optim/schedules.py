@@ -2,7 +2,8 @@
 
 The convergence theorem assumes γ and (1 − β) decay like 1/√k (``InverseSqrtDecay``); the
 authors' scripts multiply them by 0.1 every 50 epochs (``StepDecay(50)``). A decay rule is
-any callable ``k -> factor``.
+any callable ``k -> factor``. The ``run_*`` rules (:func:`run_decay`) are relative to the run's length
+``total`` (in batches, say), so one setting behaves the same on a 2-epoch and a 400-epoch run.
 """
 
 from __future__ import annotations
@@ -35,19 +36,27 @@ class ConstantDecay:
 
 @dataclass(frozen=True)
 class StepDecay:
-    """f(k) = factor ** (k // every) (the authors: ×0.1 every 50 epochs, 20 on ImageNet)."""
+    """f(k) = factor ** (max(k − offset, 0) // every) (the authors: ×0.1 every 50 epochs, 20 on ImageNet).
+
+    ``offset`` delays every step by that many units: the authors' scheduler steps after epoch k with
+    ``k % 50 == 0 and k > 0``, so their first decayed epoch is 51 (0-based), one later than ``offset=0``'s 50:
+    ``offset=1`` reproduces them.
+    """
 
     every: int
     factor: float = 0.1
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.every, numbers.Integral) or isinstance(self.every, bool) or self.every < 1:
             raise ValueError(f"every must be an int >= 1, got {self.every!r}")
         if not isinstance(self.factor, numbers.Real) or not 0.0 < self.factor <= 1.0:
             raise ValueError(f"factor must be in (0, 1], got {self.factor!r}")
+        if not isinstance(self.offset, numbers.Integral) or isinstance(self.offset, bool) or self.offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {self.offset!r}")
 
     def __call__(self, k: int) -> float:
-        return float(self.factor) ** (_check_k(k) // self.every)
+        return float(self.factor) ** (max(_check_k(k) - self.offset, 0) // self.every)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,86 @@ class InverseSqrtDecay:
 
     def __call__(self, k: int) -> float:
         return 1.0 / math.sqrt(1.0 + _check_k(k) / self.scale)
+
+
+def _check_total(total: int) -> int:
+    if not isinstance(total, numbers.Integral) or isinstance(total, bool) or total < 1:
+        raise ValueError(f"total (the run's length in schedule units) must be an int >= 1, got {total!r}")
+    return int(total)
+
+
+def _check_final(final: float) -> float:
+    if not isinstance(final, numbers.Real) or isinstance(final, bool) or not 0.0 < final <= 1.0:
+        raise ValueError(f"final (the factor at the end of the run) must be in (0, 1], got {final!r}")
+    return float(final)
+
+
+@dataclass(frozen=True)
+class RunFractionStepDecay:
+    """f(k) = factor ** floor(k / (fraction · total)): a step every ``fraction`` of a run of ``total`` units.
+
+    The authors' ×0.1 every 50 of 400 epochs is ``fraction = 0.125`` (seven steps, ×1e-7 at the end), at any
+    run length.
+    """
+
+    total: int
+    fraction: float = 0.125
+    factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_total(self.total)
+        if not isinstance(self.fraction, numbers.Real) or not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if not isinstance(self.factor, numbers.Real) or not 0.0 < self.factor <= 1.0:
+            raise ValueError(f"factor must be in (0, 1], got {self.factor!r}")
+
+    def __call__(self, k: int) -> float:
+        steps = math.floor(min(_check_k(k), self.total) / (self.fraction * self.total) + 1e-9)
+        return float(self.factor) ** steps
+
+
+@dataclass(frozen=True)
+class ExponentialDecay:
+    """f(k) = final ** min(k / total, 1): log-linear from 1 to ``final`` over a run of ``total`` units.
+
+    A smooth step decay (×0.1 every 50 of 400 epochs is about ``final = 1e-8``), held at ``final`` after the run.
+    """
+
+    total: int
+    final: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_total(self.total)
+        _check_final(self.final)
+
+    def __call__(self, k: int) -> float:
+        return float(self.final) ** (min(_check_k(k), self.total) / self.total)
+
+
+def run_inverse_sqrt_decay(total: int, final: float = 1e-3) -> Callable[[int], float]:
+    """The theorem's 1/√k, scaled so that f(total) = ``final``: ``InverseSqrtDecay(total / (final⁻² − 1))``
+    (``ConstantDecay`` for ``final = 1``)."""
+    total, final = _check_total(total), _check_final(final)
+    if final == 1.0:
+        return ConstantDecay()
+    return InverseSqrtDecay(scale=total / (final ** -2 - 1.0))
+
+
+#: Decay shapes relative to the run (``run_decay``): name -> what ``f`` does over a run of ``total`` units.
+RUN_DECAYS = ("run_step", "run_exp", "run_inv_sqrt")
+
+
+def run_decay(shape: str, total: int, *, fraction: float = 0.125, factor: float = 0.1,
+              final: float = 1e-3) -> Callable[[int], float]:
+    """A decay over a run of ``total`` units: ``run_step`` (× ``factor`` every ``fraction`` of the run),
+    ``run_exp`` (log-linear to ``final``) or ``run_inv_sqrt`` (1/√k, reaching ``final`` at the end)."""
+    if shape == "run_step":
+        return RunFractionStepDecay(total, fraction=fraction, factor=factor)
+    if shape == "run_exp":
+        return ExponentialDecay(total, final=final)
+    if shape == "run_inv_sqrt":
+        return run_inverse_sqrt_decay(total, final=final)
+    raise ValueError(f"shape must be one of {RUN_DECAYS}, got {shape!r}")
 
 
 class BinaryHyperparameterScheduler:
@@ -131,10 +220,6 @@ class BinaryHyperparameterScheduler:
         """Advance k by one and apply f(k)."""
         self.last_k += 1
         self._apply()
-
-    def current_factor(self) -> float:
-        """f(last_k)."""
-        return float(self.decay(self.last_k))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain python numbers: the counter and the base values."""

@@ -114,22 +114,31 @@ def test_checkpoints_are_shared_by_both_paths():
         _assert_same_run(eager, fused, p_eager, p_fused)
 
 
-def test_fused_updates_trace_to_one_graph_without_breaks():
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_fused_updates_trace_to_one_graph_without_breaks(packed):
     import torch._dynamo
 
-    from bso_lightning.optim import fused as fused_updates
+    from bso_lightning.nn.packed import PackedBinaryParameter
+    from bso_lightning.optim import functional
 
     params = _params()
     grads = [torch.randn_like(p) for p in params]
     momenta = [torch.zeros_like(p) for p in params]
+    if packed:
+        packed_params = [PackedBinaryParameter.from_signs(p) for p in params]
+        data, shapes = [p.data for p in packed_params], [p.logical_shape for p in packed_params]
+    else:
+        data, shapes = params, [None] * len(params)
     counters = [[torch.zeros((), dtype=torch.int64) for _ in params] for _ in range(2)]
+    noises = [None] * len(params)
     scalar = torch.tensor(0.1)
     with torch.no_grad():
-        bso = torch._dynamo.explain(fused_updates._bso_update)(params, grads, momenta, *counters, scalar, scalar,
-                                                               True)
+        bso = torch._dynamo.explain(functional._bso_tensors)(data, shapes, grads, momenta, *counters, noises,
+                                                             scalar, scalar, True)
         vs = [torch.zeros(3) for _ in params]
-        tbso = torch._dynamo.explain(fused_updates._tbso_update)(params, grads, momenta, vs, torch.tensor([1]),
-                                                                 *counters, scalar, scalar, scalar, scalar, scalar)
+        tbso = torch._dynamo.explain(functional._tbso_tensors)(data, shapes, grads, momenta, vs, torch.tensor([1]),
+                                                               *counters, noises, scalar, scalar, scalar, scalar,
+                                                               scalar, False)
     for explanation in (bso, tbso):
         assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
 
