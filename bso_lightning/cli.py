@@ -6,12 +6,27 @@ With no arguments, ``bso-lightning fit`` trains the small BSNN with T-BSO on the
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
-from bso_lightning.tasks.faults import check_ckpt_path
+from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, read_checkpoint
+from datamodules.base import DataFileError
+
+log = logging.getLogger(__name__)
+
+#: Errors ``main`` reports as one line (the full traceback with ``BSO_DEBUG=1``): bad arguments, files and data.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, DataFileError, MisconfigurationException)
+#: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's).
+RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer")
 
 QUICKSTART_TRAINER = {"max_epochs": 12, "log_every_n_steps": 10}
 
@@ -44,8 +59,89 @@ class BSOLightningCLI(LightningCLI):
         Lightning reads the checkpoint's hyper-parameters and before anything is written."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path"):
-            check_ckpt_path(self.config[subcommand]["ckpt_path"])
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True  # explicit: never a full unpickle unless `--weights_only false`
+        if config.get("ckpt_path"):
+            check_ckpt_path(config["ckpt_path"], trusted=config.get("weights_only") is False)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model arguments by the checkpoint's; refuse an explicitly given architecture
+        argument (:data:`RESUME_FIXED_KEYS`) that differs from the checkpoint's instead of ignoring it."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else {}
+        path = config.get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            if config.get("weights_only") is False:
+                log.warning("--weights_only false: the hyper-parameters of %s are not read (Lightning reads them "
+                            "with weights_only=True); the model is built from the arguments given", path)
+                return
+            saved = read_checkpoint(path).get("hyper_parameters")
+            if isinstance(saved, Mapping):
+                check_explicit_model_arguments(config["model"], saved, path)
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        claim_log_versions(trainer)
+        return trainer
+
+
+def _class_defaults(class_path: str) -> dict[str, Any]:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+
+
+def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], path: Any) -> None:
+    """Raise :class:`CheckpointError` if ``model_config`` (the parsed ``model``: class_path + init_args) sets a
+    :data:`RESUME_FIXED_KEYS` argument to a value other than its default and the checkpoint's hyper-parameters
+    ``saved`` (a value equal to the class default cannot be told apart from "not given")."""
+    init_args = dict(getattr(model_config, "init_args", None) or {})
+    class_path = getattr(model_config, "class_path", None)
+    defaults = _class_defaults(class_path) if class_path else {}
+
+    def plain(key: str, value: Any) -> Any:
+        return dict(value or {}) if key == "arch_kwargs" else value
+
+    conflicts = [
+        f"--model.init_args.{key}={plain(key, init_args[key])!r} (the checkpoint has {plain(key, saved[key])!r})"
+        for key in RESUME_FIXED_KEYS
+        if key in init_args and key in saved and plain(key, init_args[key]) != plain(key, defaults.get(key))
+        and plain(key, init_args[key]) != plain(key, saved[key])
+    ]
+    if conflicts:
+        raise CheckpointError(path, f"is resumed with its own architecture, but {'; '.join(conflicts)} was given. "
+                                    "Drop that argument to resume, or start a new run without --ckpt_path "
+                                    "(--model.init_args.pretrained starts from its weights, same architecture).")
+
+
+def claim_log_versions(trainer: Any) -> None:
+    """Give every logger without an explicit version the next free ``version_N`` folder, created at once with
+    ``os.mkdir`` (atomic: it fails if another run took that number first), so that two runs started in one
+    folder never share a version folder. Only the main process claims (DDP processes get its folder)."""
+    if rank_zero_only.rank != 0:
+        return
+    for logger in trainer.loggers:
+        if getattr(logger, "_version", 0) is not None or not hasattr(logger, "_get_next_version"):
+            continue  # an explicit version, or a logger without version folders
+        root = str(getattr(logger, "root_dir", ""))
+        if not root or "://" in root:
+            continue
+        os.makedirs(root, exist_ok=True)
+        version = logger._get_next_version()
+        while True:
+            try:
+                os.mkdir(os.path.join(root, f"version_{version}"))
+                break
+            except FileExistsError:
+                version += 1
+        logger._version = version
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightningCLI:
@@ -61,9 +157,30 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
     )
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost :data:`USER_ERRORS` exception in ``error``'s chain (jsonargparse wraps the real one)."""
+    found, seen = error, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, USER_ERRORS):
+            found = error
+        error = error.__cause__ or error.__context__
+    return found
+
+
 def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of the ``bso-lightning`` console script."""
-    build_cli(args)
+    """Entry point of the ``bso-lightning`` console script: an argument, file or data error is printed as one
+    line naming the culprit (exit status 1); ``BSO_DEBUG=1`` shows the full traceback instead."""
+    try:
+        build_cli(args)
+    except USER_ERRORS as error:
+        if os.environ.get("BSO_DEBUG", "") not in ("", "0"):
+            raise
+        cause = root_cause(error)
+        message = " ".join(str(cause).split())
+        print(f"bso-lightning: error: {message}  [{type(cause).__name__}; BSO_DEBUG=1 shows the traceback]",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

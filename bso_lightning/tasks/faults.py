@@ -18,6 +18,8 @@ written by a different architecture (:func:`check_compatible`).
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -81,6 +83,21 @@ def nonfinite_gradients(named_params: Iterable[tuple[str, Tensor]]) -> list[str]
     ]
 
 
+def report_skipped_batches(epoch: int, skipped: Sequence[str], seen: int, max_fraction: float) -> None:
+    """End of a training epoch under ``nonfinite="skip"``: one :class:`NonFiniteWarning` summarising the dropped
+    batches (``skipped``: one ``"batch i: why"`` each, of ``seen``); :class:`NonFiniteError` instead if the epoch
+    dropped all of its batches or more than ``max_fraction`` of them."""
+    if not skipped:
+        return
+    shown = "; ".join(skipped[:3]) + (f"; ... and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    message = f"epoch {epoch}: skipped {len(skipped)} of {seen} training batches whose input held NaN/Inf ({shown})"
+    if len(skipped) >= seen or len(skipped) > max_fraction * seen:
+        limit = "every batch" if len(skipped) >= seen else f"more than max_skipped_fraction={max_fraction}"
+        raise NonFiniteError(f"{message}: {limit} of the epoch was dropped, so the data (or its transform) is broken; "
+                             "fix it, or raise max_skipped_fraction if such batches are expected")
+    warnings.warn(f"{message} (nonfinite='skip')", NonFiniteWarning, stacklevel=2)
+
+
 @torch.no_grad()
 def step_if(optimizer: Any, ok: Tensor) -> None:
     """``optimizer.step()`` that changes nothing where the 0-dim bool ``ok`` is false, without a host sync.
@@ -134,38 +151,121 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], path:
         )
 
 
-def check_checkpoint(path: Any, hparams: Optional[Mapping[str, Any]] = None) -> None:
-    """Check that ``path`` is a readable Lightning checkpoint (and, given ``hparams``, of the same architecture).
+#: How to opt in to a full unpickle, named in the error for a checkpoint that holds more than tensors and plain values.
+TRUST_HINT = (
+    "Code in a checkpoint is never run: it is read with torch.load(weights_only=True), which allows only tensors "
+    "and plain Python values. If you wrote this file yourself and trust it, opt in to a full unpickle (it runs "
+    "whatever code the file holds): on the command line with `--weights_only false`, in Python with "
+    "trainer.fit(..., weights_only=False); or convert it once in a trusted session (torch.load the file with "
+    "weights_only=False and torch.save a copy without the foreign objects)"
+)
 
-    Reads only the pickled metadata: tensors are memory-mapped, not loaded. Raises
-    :class:`CheckpointError` naming the file for a missing, empty, truncated or unreadable file.
+
+def _is_refused_unpickle(error: BaseException) -> bool:
+    """True if ``torch.load(weights_only=True)`` refused an object (as opposed to a damaged file)."""
+    text = str(error)
+    return "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text
+
+
+def read_checkpoint(path: Any) -> dict[str, Any]:
+    """Load a checkpoint file safely: ``torch.load(weights_only=True)``, tensors memory-mapped where possible.
+
+    Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or unreadable file and for
+    one that holds objects other than tensors and plain values (whose code is not run; see :data:`TRUST_HINT`).
     """
     if not os.path.isfile(path):
         raise CheckpointError(path, "no such file" if not os.path.exists(path) else "is not a file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(path, "is empty (0 bytes): the job was probably killed while saving it")
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as mmap_error:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
+        if _is_refused_unpickle(mmap_error):
+            raise CheckpointError(path, f"holds objects that are not tensors or plain values "
+                                        f"({_first_line(mmap_error)}). {TRUST_HINT}.") from None
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - reported with the file's path
+            if _is_refused_unpickle(error):
+                raise CheckpointError(path, f"holds objects that are not tensors or plain values "
+                                            f"({_first_line(error)}). {TRUST_HINT}.") from None
             raise CheckpointError(
                 path,
-                f"cannot be read ({type(error).__name__}: {error}); it is truncated or corrupt (e.g. the job was "
-                "killed while saving it). Resume from an earlier checkpoint.",
+                f"cannot be read ({type(error).__name__}: {_first_line(error)}); it is truncated or corrupt (e.g. the "
+                "job was killed while saving it). Resume from an earlier checkpoint.",
             ) from mmap_error
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(path, "is not a Lightning checkpoint (no 'state_dict' entry)")
+    return dict(checkpoint)
+
+
+def _first_line(error: BaseException) -> str:
+    """The line that matters of a torch.load error (for a refused object: which one, without torch's advice to
+    allowlist it, which is wrong for a file one does not trust)."""
+    refused = re.search(r"Unsupported (?:global|operand): (?:GLOBAL )?[^\s,]+", str(error))
+    if refused:
+        return refused.group(0)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_checkpoint(path: Any, hparams: Optional[Mapping[str, Any]] = None, trusted: bool = False) -> None:
+    """Check that ``path`` is a readable Lightning checkpoint (and, given ``hparams``, of the same architecture).
+
+    Reads it with :func:`read_checkpoint` (``weights_only=True``; tensors memory-mapped, not loaded). With
+    ``trusted`` (the user opted in to a full unpickle) only the file itself is checked (exists, not empty): a
+    check never unpickles a file fully.
+    """
+    if trusted:
+        if not os.path.isfile(path):
+            raise CheckpointError(path, "no such file" if not os.path.exists(path) else "is not a file")
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(path, "is empty (0 bytes): the job was probably killed while saving it")
+        return
+    checkpoint = read_checkpoint(path)
     saved = checkpoint.get("hyper_parameters")
     if hparams is not None and isinstance(saved, Mapping):
         check_compatible(saved, hparams, path)
 
 
-def check_ckpt_path(path: Any) -> None:
+def check_ckpt_path(path: Any, trusted: bool = False) -> None:
     """:func:`check_checkpoint` for a ``ckpt_path`` argument, unless Lightning resolves it itself
     (``"last"``, ``"best"``, ``"hpc"``, ``"registry..."``) or it is a URL."""
     text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
     if text in SPECIAL_CKPT_PATHS or text.startswith("registry") or "://" in text:
         return
-    check_checkpoint(path)
+    check_checkpoint(path, trusted=trusted)
+
+
+def check_state_dict_fits(saved: Mapping[str, Any], expected: Mapping[str, Tensor], path: Any = "<checkpoint>") -> None:
+    """Raise :class:`CheckpointError` if the tensors ``saved`` in a checkpoint do not fit the module whose
+    ``state_dict()`` is ``expected`` (missing or unexpected entries, other shapes) — before ``load_state_dict``
+    fails with a raw ``RuntimeError``. The module was built from the checkpoint's own hyper-parameters, so a
+    mismatch means the file's hyper-parameters and weights disagree."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f"{k}: {list(saved[k].shape)} in the file, {list(v.shape)} in the model" for k, v in expected.items()
+              if k in saved and isinstance(saved[k], Tensor) and tuple(saved[k].shape) != tuple(v.shape)]
+    problems = ([f"shapes differ ({'; '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''})"] if shapes else []) + \
+               ([f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
+               ([f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"] if unexpected else [])
+    if problems:
+        raise CheckpointError(path, "its weights do not fit the model built from its hyper-parameters ("
+                              + "; ".join(problems) + "): the file's hyper-parameters and weights disagree (edited "
+                              "by hand, or written by other code). Use the checkpoint as it was written.")
+
+
+def check_binary_weights(saved: Mapping[str, Any], names: Iterable[str], path: Any = "<checkpoint>") -> None:
+    """Raise :class:`CheckpointError` if a binary weight ``names`` (``state_dict`` keys) of a checkpoint is not
+    exactly ±1 (e.g. the latent weights of a BPTT run, or a full-precision model): BSO/T-BSO cannot resume it."""
+    for name in names:
+        value = saved.get(name)
+        if isinstance(value, Tensor) and value.is_floating_point():
+            bad = (value != 1) & (value != -1)
+            if bool(bad.any()):
+                example = value[bad].flatten()[0].item()
+                raise CheckpointError(
+                    path, f"binary weight {name} holds values other than ±1 ({int(bad.sum())} of {value.numel()}, "
+                          f"e.g. {example!r}): it was not written by BSO/T-BSO training (latent weights or a "
+                          "full-precision model?), so it cannot be resumed. To start a new run from its weights, "
+                          "pass it as `--model.init_args.pretrained` (weights are mapped to ±1 by their sign).")
