@@ -13,6 +13,15 @@ initialisation and the order of the training batches.
     python benchmarks/accuracy.py --threads 1 --jobs 2 --epochs 12 --bso-decay 0.1 --decay-every 4 \
         --seeds 0 1 2 3 4 --name accuracy_12_epochs   # the quick start's budget and schedule
     python benchmarks/accuracy.py --quick              # smoke test
+
+``--settings paper authors`` runs BSO/T-BSO once per setting — the behaviours of
+``configs/reference/<setting>.yaml`` (docs/fidelity.md) applied on top — and reports T-BSO − BSO per T: the
+mean over seeds of the paired difference (same seed: same initialisation and batch order for both), with a
+95% Student-t confidence interval, for both readings of the test accuracy (BatchNorm re-estimated:
+``test/acc``; running statistics, the authors' evaluation: ``test/acc_running_bn``):
+
+    python benchmarks/accuracy.py --threads 1 --jobs 2 --methods bso tbso --settings paper authors \
+        --time-steps 2 4 6 --seeds 0 1 2 3 4 --epochs 6 --bso-decay 0.1 --decay-every 2 --name accuracy_fidelity
 """
 
 from __future__ import annotations
@@ -29,7 +38,35 @@ import _common  # noqa: E402
 from _common import METHODS, markdown_table, mean_std  # noqa: E402
 
 
-def run_one(method: str, time_steps: int, seed: int, args) -> dict[str, Any]:
+SETTINGS_DIR = _common.ROOT / "configs" / "reference"
+
+
+def setting_overrides(setting: str) -> dict[str, Any]:
+    """The OnlineClassifier arguments of ``configs/reference/<setting>.yaml`` (``model.init_args``)."""
+    import yaml
+
+    path = SETTINGS_DIR / f"{setting}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--settings: no {path.relative_to(_common.ROOT)}")
+    return dict(yaml.safe_load(path.read_text())["model"]["init_args"])
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the Student-t confidence interval of the mean; (mean, nan, nan) for one value."""
+    import math
+
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def run_one(setting: str, method: str, time_steps: int, seed: int, args) -> dict[str, Any]:
     import lightning as L
 
     from datamodules import DigitsDataModule
@@ -47,6 +84,8 @@ def run_one(method: str, time_steps: int, seed: int, args) -> dict[str, Any]:
     if method in ("bso", "tbso") and args.bso_decay != 1.0:  # the authors' step schedule, compressed
         extra.update(schedule="step", schedule_every=args.decay_every, schedule_factor=args.bso_decay,
                      schedule_interval="epoch")
+    if method in ("bso", "tbso") and setting != "default":
+        extra.update(setting_overrides(setting))
     task = _common.make_task(method, "small_cnn", time_steps, num_classes=10, in_channels=1,
                              arch_kwargs={"width": args.width}, bn_recalibration_batches=args.bn_batches, **extra)
     data = SeededOrderDigits(batch_size=args.batch_size, image_size=args.image_size, seed=0)
@@ -56,7 +95,8 @@ def run_one(method: str, time_steps: int, seed: int, args) -> dict[str, Any]:
     trainer.fit(task, datamodule=data)
     train_acc = float(trainer.callback_metrics.get("train/acc", float("nan")))
     test = trainer.test(task, datamodule=data, verbose=False)[0]
-    return {"method": method, "time_steps": time_steps, "seed": seed, "test_acc": 100 * test["test/acc"],
+    return {"setting": setting, "method": method, "time_steps": time_steps, "seed": seed,
+            "test_acc": 100 * test["test/acc"], "test_acc_running_bn": 100 * test["test/acc_running_bn"],
             "train_acc": 100 * train_acc, "seconds": time.perf_counter() - start}
 
 
@@ -77,6 +117,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--decay-every", type=int, default=1, help="epochs between two --bso-decay steps")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel, one process each (results do not depend on it)")
+    parser.add_argument("--settings", nargs="+", default=["default"],
+                        help="BSO/T-BSO behaviour sets: 'default' (the class defaults) or the name of a fragment in "
+                             "configs/reference/ ('paper', 'authors'); the other methods run once")
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2,
                         help="Adam learning rate of BPTT's latent weights (class default 1e-3 is slow on this budget)")
     _common.add_output_args(parser)
@@ -92,13 +135,21 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.quiet_lightning()
 
     info = _common.machine_info()
-    runs = [(m, t, seed) for t in args.time_steps for m in args.methods for seed in args.seeds]
+    for setting in args.settings:
+        if setting != "default":
+            setting_overrides(setting)  # fail before any run if a fragment is missing
+    binary = ("bso", "tbso")
+    runs = [(setting, m, t, seed) for setting in args.settings for t in args.time_steps for m in args.methods
+            for seed in args.seeds if m in binary or setting == args.settings[0]]
     results = []
     for r in _common.run_parallel(run_one, runs, args, jobs=args.jobs):
         results.append(r)
-        print(f"  {METHODS[r['method']]:<22} T={r['time_steps']} seed={r['seed']}: test {r['test_acc']:.2f}%  "
-              f"(train {r['train_acc']:.2f}%)  [{r['seconds']:.0f} s]", flush=True)
-    results.sort(key=lambda r: runs.index((r["method"], r["time_steps"], r["seed"])))
+        print(f"  [{r['setting']}] {METHODS[r['method']]:<22} T={r['time_steps']} seed={r['seed']}: test "
+              f"{r['test_acc']:.2f}% (running BN {r['test_acc_running_bn']:.2f}%)  (train {r['train_acc']:.2f}%)  "
+              f"[{r['seconds']:.0f} s]", flush=True)
+    results.sort(key=lambda r: runs.index((r["setting"], r["method"], r["time_steps"], r["seed"])))
+    all_results = results
+    results = [r for r in all_results if r["setting"] == args.settings[0]]
 
     ts = sorted(set(args.time_steps))
 
@@ -121,7 +172,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                     gap = mean_std(accs(m, t))[0] - ref
                     note = (f" (target ≥ −1.50: {'met' if gap >= -1.5 else 'MISSED'})" if m in ("bso", "tbso") else "")
                     targets.append(f"T={t}: {METHODS[m]} − OTTT = {gap:+.2f} points{note}")
-    seconds = {m: sum(r["seconds"] for r in results if r["method"] == m) for m in args.methods}
+    differences = tbso_minus_bso(all_results, args.settings, ts) if set(binary) <= set(args.methods) else []
+    seconds = {m: sum(r["seconds"] for r in all_results if r["method"] == m) for m in args.methods}
     setting = (f"small_cnn (width {args.width}) on digits {args.image_size}×{args.image_size}, batch {args.batch_size}, "
                f"{args.epochs} epochs" + (f" × {args.limit_train_batches} batches" if args.limit_train_batches else "")
                + f", BatchNorm re-estimated over {args.bn_batches} batches before testing; BSO/T-BSO γ and 1 − β "
@@ -134,13 +186,43 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         "Test accuracy, %, and the running training accuracy of the last epoch (measured during training; the "
         "online methods update the weights between the time steps of a batch, so it runs ahead of the weights "
         "at the end):", "", table, "",
-        "Gaps to full-precision OTTT:", "", *(f"- {t}" for t in targets), "",
+        *(["Gaps to full-precision OTTT:", "", *(f"- {t}" for t in targets), ""] if targets else []),
+        *differences,
         "Wall time per method (all runs): " + ", ".join(f"{METHODS[m]} {s:.0f} s" for m, s in seconds.items()),
     ])
+    if len(args.settings) > 1 or args.settings != ["default"]:
+        text = text.replace("Test accuracy, %,", f"Test accuracy, %, setting '{args.settings[0]}',", 1)
     print("\n" + text, flush=True)
     _common.write_results(_common.output_dir(args), args.name, text,
-                          {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": results})
-    return results
+                          {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": all_results})
+    return all_results
+
+
+def tbso_minus_bso(results: list[dict[str, Any]], settings: list[str], ts: list[int]) -> list[str]:
+    """Markdown lines: T-BSO − BSO per setting and T (paired by seed, 95% t-interval), both readings, verdicts."""
+    def paired(setting, t, key):
+        by_seed = {(r["method"], r["seed"]): r[key] for r in results if r["setting"] == setting and r["time_steps"] == t}
+        return [by_seed[("tbso", s)] - by_seed[("bso", s)] for (m, s) in by_seed if m == "tbso" and ("bso", s) in by_seed]
+
+    readings = (("test_acc", "BatchNorm re-estimated (test/acc)"),
+                ("test_acc_running_bn", "running BatchNorm statistics (test/acc_running_bn)"))
+    rows, verdicts = [], []
+    for setting in settings:
+        for key, label in readings:
+            cells, beats, sure = [], True, True
+            for t in ts:
+                d = paired(setting, t, key)
+                mean, low, high = t_interval(d)
+                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+                beats &= mean > 0
+                sure &= low > 0
+            rows.append([setting, label, *cells])
+            verdicts.append(f"- {setting}, {label}: T-BSO > BSO in the mean at every T: **{'yes' if beats else 'no'}**; "
+                            f"with the 95% interval above 0 at every T: **{'yes' if sure else 'no'}**")
+    n = len({r["seed"] for r in results})
+    return ["T-BSO − BSO, test accuracy points: mean of the per-seed difference [95% Student-t interval], "
+            f"{n} seed(s):", "",
+            markdown_table(["setting", "reading", *(f"T={t}" for t in ts)], rows), "", *verdicts, ""]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.faults import check_compatible
 from bso_lightning.tasks.loss import online_loss
+from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class TimeSteppedClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_acc_running_bn = MulticlassAccuracy(num_classes)  # the authors' evaluation (running BN statistics)
+        self.test_acc_running_bn = MulticlassAccuracy(num_classes)
 
     def _cosine_epochs(self) -> int:
         """Length of the cosine learning-rate schedule: ``cosine_epochs``, else ``trainer.max_epochs``."""
@@ -189,6 +192,11 @@ class TimeSteppedClassifier(L.LightningModule):
         metric(output, y)
         self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)  # mean over DDP processes at epoch end
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        reading = getattr(self, "_running_bn_reading", None)
+        if reading is not None:  # {stage}/acc_running_bn: BatchNorm running statistics (tasks/running_bn.py)
+            running_metric = getattr(self, f"{stage}_acc_running_bn")
+            running_metric(reading.output(self.model, self, x, output), y)
+            self.log(f"{stage}/acc_running_bn", running_metric, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
@@ -202,10 +210,19 @@ class TimeSteppedClassifier(L.LightningModule):
         return self(x).argmax(-1)
 
     def on_validation_epoch_start(self) -> None:
-        self.recalibrate_batchnorm()
+        self._recalibrate_keeping_running_stats()
 
     def on_test_epoch_start(self) -> None:
-        self.recalibrate_batchnorm()
+        self._recalibrate_keeping_running_stats()
+
+    def _recalibrate_keeping_running_stats(self) -> None:
+        """Copy the running BatchNorm statistics, then re-estimate: ``{stage}/acc`` reads the re-estimated ones,
+        ``{stage}/acc_running_bn`` the copy (one more forward per batch; none without re-estimation). The
+        model keeps the re-estimated statistics afterwards (checkpoints, export); training's momentum updates
+        replace them within a few dozen forwards (momentum 0.1: 0.9^(T·batches) of them remains)."""
+        running = batchnorm_state(self.model)
+        used = self.recalibrate_batchnorm()
+        self._running_bn_reading = RunningBatchNormReading(running, batchnorm_state(self.model) if used else None)
 
     def on_predict_epoch_start(self) -> None:
         self.recalibrate_batchnorm()

@@ -35,6 +35,8 @@ from bso_lightning.tasks.faults import (
 )
 
 OPTIMIZERS = ("bso", "tbso")
+EPS_PLACEMENTS = ("inside", "outside")
+LR_SCHEDULES = ("cosine", "constant")
 SCHEDULES = ("constant", "step", "inv_sqrt")
 NONFINITE = ("skip", "raise")
 
@@ -49,12 +51,15 @@ class OnlineClassifier(TimeSteppedClassifier):
         arch_kwargs: extra keyword arguments of the model factory (e.g. ``{"width": 32}``, ``{"stem": "cifar"}``).
         time_steps: T, the number of time steps each sample is presented for.
         optimizer: ``"tbso"`` (Eq. 13–14) or ``"bso"`` (Eq. 11–12) for the binary weights.
-        trace: presynaptic trace for the online gradient, ``"ottt"`` or ``"ndot"`` (Eq. 6–7).
+        trace: presynaptic trace for the online gradient, ``"ottt"`` or ``"ndot"`` (Eq. 6–7), or
+            ``"ndot_reference"``, the NDOT decay of the authors' code (docs/fidelity.md).
         update_mode: ``"realtime"`` (step after every t, the paper's default) or ``"accumulated"`` (once per batch).
         threshold: γ, the flip threshold.
         beta: BSO momentum decay β.
         betas: T-BSO decays (β1, β2).
         eps: T-BSO ε.
+        eps_placement: T-BSO only — ``"inside"`` (paper Eq. 14: flip where W·M > γ·sqrt(v[t] + ε)) or
+            ``"outside"`` (the authors' code: W·M / (sqrt(v[t]) + ε) > γ).
         reset_momentum_on_flip: BSO only — zero the momentum where a weight flipped (the authors' code).
         fused_optimizer: step BSO/T-BSO through their ``torch.compile``d update (``fused=True``): the same
             update (up to float32 rounding of the momentum), about 2× faster; the first step compiles
@@ -62,10 +67,15 @@ class OnlineClassifier(TimeSteppedClassifier):
         schedule: decay of γ and 1 − β (β1): ``"constant"``, ``"step"`` (× ``schedule_factor`` every
             ``schedule_every`` units) or ``"inv_sqrt"`` (1/sqrt(1 + k/``schedule_scale``)).
         schedule_interval: unit k of the schedule: ``"epoch"`` or ``"step"`` (one per training batch).
-        lr: SGD learning rate of the full-precision parameters (cosine-annealed to 0).
+        schedule_offset: ``schedule="step"`` only — delay every decay step by this many units (the authors'
+            scheduler decays one epoch later than ``offset=0``: their first decayed epoch is 51, not 50).
+        lr: SGD learning rate of the full-precision parameters.
+        lr_schedule: ``"cosine"`` (annealed to 0 over ``cosine_epochs``) or ``"constant"`` (the authors' code:
+            their cosine schedule is attached to the wrapper optimizer, whose learning rate nothing reads).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        cosine_epochs: length of the cosine annealing in epochs (default: ``trainer.max_epochs``).
+        cosine_epochs: length of the cosine annealing in epochs (default: ``trainer.max_epochs``; the authors'
+            scripts name ``T_max=300`` for 400 epochs).
         mse_weight: α of the loss (Eq. 8).
         decay: membrane decay λ of every neuron.
         v_threshold: firing threshold Vth of every neuron.
@@ -90,12 +100,13 @@ class OnlineClassifier(TimeSteppedClassifier):
         arch_kwargs: Optional[dict[str, Any]] = None,
         time_steps: int = 4,
         optimizer: Literal["bso", "tbso"] = "tbso",
-        trace: Literal["ottt", "ndot"] = "ottt",
+        trace: Literal["ottt", "ndot", "ndot_reference"] = "ottt",
         update_mode: Literal["realtime", "accumulated"] = "realtime",
         threshold: float = 5e-7,
         beta: float = 0.999,
         betas: tuple[float, float] = (0.999, 0.99999),
         eps: float = 1e-10,
+        eps_placement: Literal["inside", "outside"] = "inside",
         reset_momentum_on_flip: bool = False,
         fused_optimizer: bool = False,
         schedule: Literal["constant", "step", "inv_sqrt"] = "constant",
@@ -103,7 +114,9 @@ class OnlineClassifier(TimeSteppedClassifier):
         schedule_every: int = 50,
         schedule_factor: float = 0.1,
         schedule_scale: float = 1.0,
+        schedule_offset: int = 0,
         lr: float = 0.1,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         cosine_epochs: Optional[int] = None,
@@ -121,6 +134,10 @@ class OnlineClassifier(TimeSteppedClassifier):
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
         check_choice("nonfinite", nonfinite, NONFINITE)
+        check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+        check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+        if not isinstance(schedule_offset, int) or isinstance(schedule_offset, bool) or schedule_offset < 0:
+            raise ValueError(f"schedule_offset must be an int >= 0, got {schedule_offset!r}")
         # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
         check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         self._check_shared_hyperparameters()
@@ -155,12 +172,12 @@ class OnlineClassifier(TimeSteppedClassifier):
             return BSO(self.split.binary, threshold=hp.threshold, beta=hp.beta,
                        reset_momentum_on_flip=hp.reset_momentum_on_flip, fused=hp.fused_optimizer)
         return TBSO(self.split.binary, threshold=hp.threshold, betas=tuple(hp.betas), eps=hp.eps,
-                    fused=hp.fused_optimizer)
+                    eps_placement=hp.eps_placement, fused=hp.fused_optimizer)
 
     def _make_schedule_decay(self):
         hp = self.hparams
         if hp.schedule == "step":
-            return StepDecay(every=hp.schedule_every, factor=hp.schedule_factor)
+            return StepDecay(every=hp.schedule_every, factor=hp.schedule_factor, offset=hp.schedule_offset)
         if hp.schedule == "inv_sqrt":
             return InverseSqrtDecay(scale=hp.schedule_scale)
         return ConstantDecay()
@@ -171,9 +188,12 @@ class OnlineClassifier(TimeSteppedClassifier):
         fp_opt = torch.optim.SGD(self.split.full_precision, lr=hp.lr, momentum=hp.momentum,
                                  weight_decay=hp.weight_decay)
         check_partition(self.model, [binary_opt, fp_opt])
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(fp_opt, T_max=self._cosine_epochs(), eta_min=0.0)
+        if hp.lr_schedule == "constant":
+            lr_schedule = torch.optim.lr_scheduler.ConstantLR(fp_opt, factor=1.0, total_iters=0)
+        else:
+            lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(fp_opt, T_max=self._cosine_epochs(), eta_min=0.0)
         binary_schedule = BinaryHyperparameterScheduler(binary_opt, self._make_schedule_decay())
-        return [binary_opt, fp_opt], [cosine, binary_schedule]
+        return [binary_opt, fp_opt], [lr_schedule, binary_schedule]
 
     # ----------------------------------------------------------------- time loop
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
