@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import datamodules.cifar10_dvs as dvs
+import datamodules.event_frames as event_frames
+from datamodules.datasets.frames import integrate_event_file
 from datamodules import CIFAR10DVSDataModule, DataFileError, DatasetNotFoundError
 
 PER_CLASS = 6  # fixture files per class
@@ -51,7 +53,7 @@ def test_frames_are_the_integrated_events(private_root):
     np.testing.assert_array_equal(frames[i].astype(np.float64), expected)
     assert expected.sum() == len(events["t"])
     # resizing to 48x48 keeps the mean count density
-    small = dvs.integrate_file(root / "events_np" / "bird" / "cifar10_bird_3.npz", 4, "number", 48)
+    small = integrate_event_file(root / "events_np" / "bird" / "cifar10_bird_3.npz", 4, "number", 48, 128)
     assert small.shape == (4, 2, 48, 48) and small.dtype == np.float16
     assert np.isclose(small.astype(np.float64).sum() * (128 / 48) ** 2, len(events["t"]), rtol=0.02)
 
@@ -85,8 +87,8 @@ def test_split_is_class_balanced_seeded_and_stable(private_root, data_roots, tmp
 def test_second_setup_reads_the_cache(private_root, monkeypatch):
     root = private_root("cifar10_dvs")
     calls = []
-    build = dvs.build_frame_cache
-    monkeypatch.setattr(dvs, "build_frame_cache", lambda *a, **k: (calls.append(1), build(*a, **k)))
+    build = event_frames.build_frame_cache
+    monkeypatch.setattr(event_frames, "build_frame_cache", lambda *a, **k: (calls.append(1), build(*a, **k)))
     first = make(root)
     first.prepare_data()
     first.setup()
@@ -97,8 +99,8 @@ def test_second_setup_reads_the_cache(private_root, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("frames were built again")
 
-    monkeypatch.setattr(dvs, "build_frame_cache", fail)
-    monkeypatch.setattr(dvs, "integrate_file", fail)
+    monkeypatch.setattr(event_frames, "build_frame_cache", fail)
+    monkeypatch.setattr(dvs, "integrate_event_file", fail)
     second = make(root)
     second.prepare_data()
     second.setup()
@@ -215,3 +217,27 @@ def test_download_true_delegates_to_spikingjelly(data_roots, tmp_path, monkeypat
     dm = make(root, download=True)
     dm.setup()
     assert calls == [(str(root), "event")] and len(dm.train_set) == 10 * TRAIN
+
+
+def test_first_per_class_split_is_the_authors_file_name_order(private_root):
+    """split="first_per_class": per class the first files in plain name order (``_10`` before ``_2``)."""
+    import os
+
+    root = private_root("cifar10_dvs")
+    for cls in dvs.CLASS_NAMES:  # sample 5 becomes sample 10: name order and number order now differ
+        os.rename(root / "events_np" / cls / f"cifar10_{cls}_5.npz", root / "events_np" / cls / f"cifar10_{cls}_10.npz")
+    dm = make(root, split="first_per_class")
+    dm.setup()
+    files = json.loads((dm.cache_dir / "files.json").read_text())["files"]
+    expected_train = set()
+    for cls in dvs.CLASS_NAMES:  # by hand: sorted(os.listdir(class folder))[:TRAIN]
+        expected_train |= {f"{cls}/{name}" for name in sorted(os.listdir(root / "events_np" / cls))[:TRAIN]}
+    assert "airplane/cifar10_airplane_10.npz" in expected_train  # the order that matters here
+    assert {files[i] for i in dm.train_set.indices} == expected_train
+    assert {files[i] for i in dm.test_set.indices} == set(files) - expected_train
+    assert dm.split_file.name == f"split_first_per_class_train{TRAIN}.json"
+    seeded = make(root, split="seeded")
+    seeded.setup()
+    assert seeded.cache_dir == dm.cache_dir and seeded.split_file != dm.split_file  # frames shared, splits apart
+    with pytest.raises(ValueError, match="split"):
+        make(root, split="last")

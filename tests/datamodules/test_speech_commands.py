@@ -9,6 +9,7 @@ import soundfile
 import torch
 
 from datamodules import DatasetNotFoundError, SpeechCommandsDataModule
+from datamodules.datasets import speech_commands as reader
 from datamodules.speech_commands import CLASSES_12, KEYWORDS, WORDS, read_wav
 
 BASE = ("SpeechCommands", "speech_commands_v0.02")
@@ -101,7 +102,7 @@ def test_cache_is_reused(private_root, monkeypatch):
     first = SpeechCommandsDataModule(root=root)
     first.setup()
     mtimes = {p: p.stat().st_mtime_ns for p in first.cache_dir.iterdir()}
-    monkeypatch.setattr(SpeechCommandsDataModule, "_build_cache", lambda *a: pytest.fail("cache rebuilt"))
+    monkeypatch.setattr(reader, "build_feature_cache", lambda *a: pytest.fail("cache rebuilt"))
     second = SpeechCommandsDataModule(root=root)
     second.setup()
     assert {p: p.stat().st_mtime_ns for p in second.cache_dir.iterdir()} == mtimes

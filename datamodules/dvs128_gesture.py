@@ -1,0 +1,118 @@
+"""DVS128 Gesture as event frames, official split (reader: :mod:`datamodules.datasets.dvs128_gesture`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torchvision import transforms as T
+
+from datamodules.base import dataset_not_found
+from datamodules.datasets import dvs128_gesture as reader
+from datamodules.datasets.frames import integrate_event_file
+from datamodules.event_frames import EventFrameDataModule
+
+log = logging.getLogger(__name__)
+
+_HOW = ("download DvsGesture.tar.gz by hand from https://research.ibm.com/interactive/dvsgesture/ (IBM's box "
+        "folder needs a login, so spikingjelly cannot fetch it) into root/download and pass download=True "
+        "(spikingjelly extracts and splits it), or extract it into root/extract")
+_EXPECTED = ("events_np/{train,test}/<label>/*.npz (spikingjelly's split gestures) or "
+             "extract/DvsGesture/ with the .aedat recordings, their _labels.csv and trials_to_{train,test}.txt")
+
+
+class DVS128GestureDataModule(EventFrameDataModule):
+    """DVS128 Gesture (11 gestures, 29 users): ``x: [B, T, 2, S, S]`` event frames, the official split.
+
+    Each gesture's events (spikingjelly splits the recordings by their ``_labels.csv``) are integrated
+    into ``time_steps`` frames (``split_by``, spikingjelly's integrator) at 128x128, resized to
+    ``image_size`` and cached once under ``root/bso_cache``. Train/test are the official
+    ``trials_to_train.txt`` / ``trials_to_test.txt`` (users 1-23 / 24-29); the test set is also the
+    validation set. Training adds a random crop (``crop_padding``); a horizontal flip is off by default
+    because it turns a left-hand gesture into a right-hand one. Frames are normalized per polarity with
+    the training mean/std when ``normalize`` is on.
+    """
+
+    name = "DVS128 Gesture"
+    num_classes = len(reader.CLASS_NAMES)
+    in_channels = 2
+
+    def __init__(
+        self,
+        root: str | Path = "data/dvs128_gesture",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        download: bool = False,
+        time_steps: int = 16,
+        image_size: int = 64,
+        split_by: Literal["number", "time"] = "number",
+        crop_padding: int = 4,
+        horizontal_flip: bool = False,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(root, batch_size, num_workers, pin_memory, seed, download, time_steps, normalize)
+        if not 1 <= image_size <= reader.SENSOR_SIZE:
+            raise ValueError(f"image_size must lie in [1, {reader.SENSOR_SIZE}], got {image_size}")
+        if split_by not in ("number", "time"):
+            raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.image_size = image_size
+        self.split_by = split_by
+        self.crop_padding = crop_padding
+        self.horizontal_flip = horizontal_flip
+
+    @property
+    def events_root(self) -> Path:
+        return self.root / "events_np"
+
+    def _settings(self) -> dict:
+        return {"time_steps": self.time_steps, "split_by": self.split_by, "size": self.image_size}
+
+    def _cache_name(self) -> str:
+        return f"frames_T{self.time_steps}_{self.split_by}_{self.image_size}px"
+
+    def _frame_shape(self) -> tuple[int, int, int]:
+        return (2, self.image_size, self.image_size)
+
+    def _augmentations(self) -> list:
+        steps: list = []
+        if self.crop_padding > 0:
+            steps.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
+        if self.horizontal_flip:
+            steps.append(T.RandomHorizontalFlip())
+        return steps
+
+    def _integrate(self, file: str) -> np.ndarray:
+        return integrate_event_file(self.events_root / file, self.time_steps, self.split_by, self.image_size,
+                                    reader.SENSOR_SIZE, reader.REMEDY)
+
+    def _list_samples(self):
+        if not self.events_root.is_dir():
+            aedat_dir = self.root / "extract" / "DvsGesture"
+            if aedat_dir.is_dir():
+                log.info("DVS128 Gesture: splitting %s into %s", aedat_dir, self.events_root)
+                missing = [n for n in reader.TRIAL_LISTS.values() if not (aedat_dir / n).is_file()]
+                if missing:
+                    raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW,
+                                            problem=f"{aedat_dir} has no {', '.join(missing)}")
+                reader.convert_recordings(aedat_dir, self.events_root)
+            elif self.download and (self.root / "download" / "DvsGesture.tar.gz").is_file():
+                from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
+
+                DVS128Gesture(str(self.root), train=True, data_type="event")  # extract -> events_np
+            else:
+                problem = ("download=True needs root/download/DvsGesture.tar.gz (IBM's site needs a login)"
+                           if self.download else None)
+                raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW, problem=problem)
+        listing = reader.list_event_files(self.events_root)
+        subsets = [s for _, _, s in listing]
+        empty = [s for s in reader.SUBSETS if s not in subsets]
+        if empty:
+            raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW,
+                                    problem=f"no .npz gestures in {', '.join(str(self.events_root / s) for s in empty)}")
+        return [f for f, _, _ in listing], [label for _, label, _ in listing], subsets

@@ -1,0 +1,123 @@
+"""Shared base of the event-frame DataModules (CIFAR10-DVS, DVS128 Gesture, SHD): cache, split, loaders.
+
+A subclass lists its samples (``_list_samples``: file, label and official subset where there is one),
+integrates one sample into ``[T, C, H, W]`` frames (``_integrate``), names its settings (``_settings``)
+and chooses the split (``_split``). This base builds the frame cache once (progress bar; rebuilt when the
+files or settings change), saves the split with the training set's per-channel mean/std beside it, and
+serves ``x: [B, T, C, H, W]`` batches with the training transform (crop/flip where the subclass adds them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from torchvision import transforms as T
+
+from datamodules.base import BaseDataModule
+from datamodules.datasets.frames import (FrameDataset, build_frame_cache, cache_matches, channel_mean_std,
+                                         write_json)
+
+log = logging.getLogger(__name__)
+
+
+class EventFrameDataModule(BaseDataModule):
+    """Base: ``x: [B, T, C, H, W]`` event frames cached under ``root/bso_cache/<cache_name>``.
+
+    Subclasses set ``name``, ``in_channels``, ``num_classes`` and implement ``_list_samples``,
+    ``_integrate``, ``_settings``, ``_cache_name``, ``_frame_shape`` (and ``_split``, ``_augmentations``).
+    """
+
+    name: str = "events"
+
+    def __init__(self, root: str | Path, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
+                 download: bool, time_steps: int, normalize: bool) -> None:
+        super().__init__(root, batch_size, num_workers, pin_memory, seed)
+        if time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        self.download = download
+        self.time_steps = time_steps
+        self.normalize = normalize
+        self.mean: Optional[list[float]] = None
+        self.std: Optional[list[float]] = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _list_samples(self) -> tuple[list[str], list[int], Optional[list[str]]]:
+        """(files relative to ``events_root``, labels, official subset "train"/"test" or None)."""
+        raise NotImplementedError
+
+    def _integrate(self, file: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _settings(self) -> dict[str, Any]:
+        """Everything the frames depend on (stored in the cache; a change rebuilds it)."""
+        raise NotImplementedError
+
+    def _cache_name(self) -> str:
+        """Folder name of the cache under ``root/bso_cache`` (distinct for distinct settings)."""
+        raise NotImplementedError
+
+    def _frame_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def _split(self, files: list[str], labels: np.ndarray, subsets: Optional[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Default: the official split."""
+        subsets_arr = np.asarray(subsets)
+        return np.flatnonzero(subsets_arr == "train"), np.flatnonzero(subsets_arr == "test")
+
+    def _split_name(self) -> str:
+        return "official"
+
+    def _augmentations(self) -> list:
+        return []
+
+    # -------------------------------------------------------------------------- paths
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "bso_cache" / self._cache_name()
+
+    @property
+    def split_file(self) -> Path:
+        return self.cache_dir / f"split_{self._split_name()}.json"
+
+    # ---------------------------------------------------------------------- preparing
+    def prepare_data(self) -> None:
+        files, labels, subsets = self._list_samples()
+        settings = self._settings()
+        if not cache_matches(self.cache_dir, settings, files):
+            if self.cache_dir.exists():
+                log.warning("%s: the frame cache %s does not match the event files; rebuilding it", self.name, self.cache_dir)
+                shutil.rmtree(self.cache_dir)
+            build_frame_cache(self.cache_dir, files, labels, self._integrate, (self.time_steps, *self._frame_shape()),
+                              settings, desc=f"{self.name}: integrating events into {self.time_steps} frames")
+        if not self.split_file.is_file():
+            train, test = self._split(files, np.asarray(labels), subsets)
+            mean, std = channel_mean_std(self.cache_dir / "frames.npy", train)
+            write_json(self.split_file, {"split": self._split_name(), "seed": self.seed, "train": train.tolist(),
+                                         "test": test.tolist(), "mean": mean, "std": std})
+
+    # ------------------------------------------------------------------------ loading
+    def _normalization(self) -> list:
+        return [T.Normalize(self.mean, self.std)] if self.normalize else []
+
+    def train_transform(self) -> T.Compose:
+        return T.Compose(self._augmentations() + self._normalization())
+
+    def eval_transform(self) -> T.Compose:
+        return T.Compose(self._normalization())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.prepare_data()  # cheap when the cache exists; builds it when prepare_data was not called
+        split = json.loads(self.split_file.read_text())
+        self.mean, self.std = split["mean"], split["std"]
+        labels = np.load(self.cache_dir / "labels.npy")
+        frames_file = self.cache_dir / "frames.npy"
+        self.train_set = FrameDataset(frames_file, labels, np.array(split["train"], dtype=np.int64), self.train_transform())
+        self.test_set = FrameDataset(frames_file, labels, np.array(split["test"], dtype=np.int64), self.eval_transform())
+        self.val_set = self.test_set
