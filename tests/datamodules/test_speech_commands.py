@@ -10,7 +10,7 @@ import torch
 
 from datamodules import DatasetNotFoundError, SpeechCommandsDataModule
 from datamodules.datasets import speech_commands as reader
-from datamodules.speech_commands import CLASSES_12, KEYWORDS, WORDS, read_wav
+from datamodules.speech_commands import CLASSES_12, KEYWORDS, WORDS, WORDS_V1, read_wav
 
 BASE = ("SpeechCommands", "speech_commands_v0.02")
 
@@ -157,3 +157,63 @@ def test_download_true_uses_torchaudio(data_roots, tmp_path, monkeypatch):
     dm = SpeechCommandsDataModule(root=tmp_path / "new", download=True)
     dm.setup()
     assert downloads == [str(tmp_path / "new")] and len(dm.train_set) == 35 * 2
+
+
+V1 = ("SpeechCommands", "speech_commands_v0.01")
+
+
+def test_v001_has_30_words_and_refuses_the_35_word_task(private_root):
+    root = private_root("speech_commands_v1")
+    dm = SpeechCommandsDataModule(root=root, version="v0.01", class_set="30words", batch_size=8)
+    assert dm.num_classes == 30 and dm.classes == WORDS_V1
+    dm.setup()
+    assert len(dm.train_set) == 30 * 2 and sorted(set(dm.train_set.tensors[1].tolist())) == list(range(30))
+    _, y_val = _all(dm.val_dataloader())
+    words = [line.split("/")[0] for line in (root.joinpath(*V1) / "validation_list.txt").read_text().split()]
+    assert [WORDS_V1[i] for i in y_val.tolist()] == words
+    with pytest.raises(DatasetNotFoundError, match=r"no word folders backward, follow, forward, learn, visual .*30words"):
+        SpeechCommandsDataModule(root=root, version="v0.01").prepare_data()  # class_set="35words"
+    twelve = SpeechCommandsDataModule(root=root, version="v0.01", class_set="12class")
+    twelve.setup()
+    assert twelve.num_classes == 12 and set(twelve.train_set.tensors[1].tolist()) == set(range(12))
+    # v0.02's folder is not read for v0.01 (nor the other way round)
+    with pytest.raises(DatasetNotFoundError, match="speech_commands_v0.02"):
+        SpeechCommandsDataModule(root=root).prepare_data()
+
+
+def test_custom_word_subset(private_root):
+    root = private_root("speech_commands_custom")
+    twelve = SpeechCommandsDataModule(root=root, class_set="12class")
+    twelve.setup()  # keywords + cat, dog, wow as _unknown_
+    counts = np.bincount(twelve.train_set.tensors[1].numpy(), minlength=12)
+    assert (counts[2:] == 2).all() and counts[CLASSES_12.index("_unknown_")] == math.ceil(20 * 0.1)
+    words = ["dog", "cat", "yes"]
+    own = SpeechCommandsDataModule(root=root, class_set="words", words=words)
+    assert own.num_classes == 3 and own.classes == tuple(words)
+    own.setup()
+    _, y = _all(own.test_dataloader())
+    tested = [line.split("/")[0] for line in (root.joinpath(*BASE) / "testing_list.txt").read_text().split()]
+    assert [words[i] for i in y.tolist()] == [w for w in tested if w in words]  # labels in the given order
+    with pytest.raises(DatasetNotFoundError, match=r"no word folders backward, bed, bird, eight, five"):
+        SpeechCommandsDataModule(root=root).prepare_data()  # 35words needs every word
+    with pytest.raises(DatasetNotFoundError, match="no word folders marvin"):
+        SpeechCommandsDataModule(root=root, class_set="words", words=["yes", "marvin"]).prepare_data()
+
+
+def test_words_that_a_class_set_needs_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"class_set='12class' needs the words up, down, left, right, on, off, stop, go"):
+        SpeechCommandsDataModule(root=tmp_path, class_set="12class", words=["yes", "no", "cat"])
+    with pytest.raises(ValueError, match="words=\\[...\\]"):
+        SpeechCommandsDataModule(root=tmp_path, class_set="words")
+    with pytest.raises(ValueError, match="version"):
+        SpeechCommandsDataModule(root=tmp_path, version="v3")
+    with pytest.raises(ValueError, match="words must be distinct"):
+        SpeechCommandsDataModule(root=tmp_path, class_set="words", words=["yes", "yes"])
+
+
+def test_caches_of_versions_and_subsets_are_apart(private_root):
+    root = private_root("speech_commands_custom")
+    a = SpeechCommandsDataModule(root=root, class_set="words", words=["yes", "no"])
+    b = SpeechCommandsDataModule(root=root, class_set="words", words=["no", "yes"])
+    c = SpeechCommandsDataModule(root=root, version="v0.01", class_set="words", words=["yes", "no"])
+    assert len({a.cache_dir, b.cache_dir, c.cache_dir}) == 3
