@@ -155,3 +155,192 @@ def test_cli_exports_a_lightning_checkpoint(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert main([str(tmp_path / "other.ckpt"), str(out)]) == 1
     assert "other.ckpt" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hostile and malformed files (issue 14)
+
+import json  # noqa: E402
+import math  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import bso_lightning.export as export_module  # noqa: E402
+from bso_lightning.export import MAGIC  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_packed(tmp_path_factory):
+    """A width-1 small CNN: its first binary tensor holds 2·1·3·3 = 18 weights, so its last byte is padded."""
+    path = tmp_path_factory.mktemp("small") / "small.bso"
+    model = small_cnn(width=1)
+    _scramble_(model)
+    export_packed(model, path, arch="small_cnn", arch_kwargs={"width": 1})
+    return path
+
+
+def _split(blob: bytes) -> tuple[dict, bytes]:
+    (n,) = struct.unpack_from("<I", blob, len(MAGIC))
+    start = len(MAGIC) + 4
+    return json.loads(blob[start:start + n]), blob[start + n:-4]
+
+
+def _join(header: dict, payload: bytes) -> bytes:
+    """A file with a valid CRC: CRC-32 is not authentication, an attacker recomputes it."""
+    text = json.dumps(header).encode()
+    body = text + payload
+    return MAGIC + struct.pack("<I", len(text)) + body + struct.pack("<I", zlib.crc32(body))
+
+
+def _index(header: dict, name: str) -> int:
+    return next(i for i, e in enumerate(header["tensors"]) if e["name"] == name)
+
+
+def _edit(field: str, value):
+    def apply(header: dict, payload: bytes):
+        target = header
+        *parents, last = field.split("/")
+        for key in parents:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+        return header, payload
+    return apply
+
+
+def _tensor(name: str, key: str, value):
+    def apply(header: dict, payload: bytes):
+        entry = header["tensors"][_index(header, name)]
+        if value is KeyError:
+            del entry[key]
+        else:
+            entry[key] = value
+        return header, payload
+    return apply
+
+
+def _padding_bit(header: dict, payload: bytes):
+    """Set a padding bit after the last weight of the first binary tensor whose size is not a multiple of 8."""
+    offset = 0
+    for entry in header["tensors"]:
+        if entry["kind"] == "binary" and math.prod(entry["shape"]) % 8:
+            data = bytearray(payload)
+            data[offset + entry["nbytes"] - 1] |= 1
+            return header, bytes(data)
+        offset += entry["nbytes"]
+    raise AssertionError("no binary tensor with padding bits")
+
+
+def _nan_float(header: dict, payload: bytes):
+    offset = sum(e["nbytes"] for e in header["tensors"][:_index(header, "0.weight")])
+    data = bytearray(payload)
+    data[offset:offset + 4] = struct.pack("<f", float("nan"))
+    return header, bytes(data)
+
+
+LIES = {
+    # case 3 of the issue: a 37 GiB binary entry with a valid CRC used to be allocated (bare MemoryError)
+    "huge binary shape": (_tensor("3.weight", "shape", [40000, 1000, 1000]),
+                          r"header\.tensors\[\d+\] \(3\.weight\)\.nbytes: 3, but a binary tensor of shape "
+                          r"\[40000, 1000, 1000\] and dtype float32 takes 5000000000 bytes"),
+    "huge shape and matching nbytes": (
+        lambda h, p: _tensor("3.weight", "nbytes", 5_000_000_000)(*_tensor("3.weight", "shape", [40000, 1000, 1000])(h, p)),
+        r"header\.tensors: the entries' nbytes add up to \d+, the payload holds"),
+    "same size, other shape": (_tensor("3.weight", "shape", [2, 1, 9, 1]), r"\(3\.weight\)\.shape: \[2, 1, 9, 1\], "
+                                                                            r"but small_cnn"),
+    "negative dim": (_tensor("3.weight", "shape", [-4, 2, 3, 3]), r"\(3\.weight\)\.shape"),
+    "dtype is any torch attribute": (_tensor("0.weight", "dtype", "load"), r"\(0\.weight\)\.dtype: 'load' is not one"),
+    "other dtype": (_tensor("0.weight", "dtype", "float64"), r"\(0\.weight\)\.dtype: float64, but the model has float32"),
+    "unknown kind": (_tensor("0.weight", "kind", "pickle"), r"\(0\.weight\)\.kind: 'pickle'"),
+    "binary claimed for a float tensor": (
+        lambda h, p: _tensor("0.weight", "nbytes", 2)(*_tensor("0.weight", "kind", "binary")(h, p)),
+        r"header\.tensors: the entries' nbytes add up"),
+    "extra entry key": (_tensor("0.weight", "code", "print(1)"), r"header\.tensors\[0\]: keys"),
+    "int value out of range": (_tensor("1.num_batches_tracked", "value", 2**70), r"num_batches_tracked\)\.value"),
+    "int value not an int": (_tensor("1.num_batches_tracked", "value", "7"), r"num_batches_tracked\)\.value"),
+    "unknown arch": (_edit("arch", "os.system"), r"header\.arch: 'os\.system' is not one of"),
+    "unknown factory argument": (_edit("kwargs/evil", 1), r"header\.kwargs\.evil: small_cnn takes no argument 'evil'"),
+    "huge factory argument": (_edit("kwargs/width", 10**9), r"header\.kwargs\.width: 1000000000 is out of range"),
+    "nested factory argument": (_edit("kwargs/width", {"a": [1]}), r"header\.kwargs\.width: dict is not a plain"),
+    "factory argument of another type": (_edit("kwargs/width", "8"), r"header\.kwargs\.width: '8' is a str, small_cnn "
+                                                                       r"takes a int"),
+    "factory argument that breaks the factory": (_edit("kwargs/trace", "bogus"), r"header\.kwargs: build_model"),
+    "factory argument that changes the shapes": (_edit("kwargs/width", 3), r"\.shape: .* but small_cnn"),
+    "payload size": (_edit("payload_bytes", 1), r"header\.payload_bytes: 1, but the file holds"),
+    "extra header key": (_edit("code", "x"), r"header: keys \['arch', 'code'"),
+    "missing header key": (_edit("tensors", KeyError), r"header: keys"),
+    "padding bits": (_padding_bit, r"padding bits after the last weight"),
+    "NaN in a float tensor": (_nan_float, r"tensors\[0\] \(0\.weight\): holds non-finite values"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_header_lies_with_a_valid_crc_are_refused_naming_the_field(small_packed, tmp_path, monkeypatch, lie):
+    edit, field = LIES[lie]
+    header, payload = _split(small_packed.read_bytes())
+    header, payload = edit(header, payload)
+    bad = tmp_path / "lie.bso"
+    bad.write_bytes(_join(header, payload))
+    devices = []
+    real_build = export_module.build_model
+
+    def spy(*args, **kwargs):
+        devices.append(str(torch.get_default_device()))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "build_model", spy)
+    with pytest.raises(PackedModelError, match=field) as info:
+        load_packed(bad)
+    assert str(info.value).startswith(f"{bad}: ")  # the file, then the field
+    assert all(d == "meta" for d in devices), devices  # nothing built for real before every check passed
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, database=None)
+@given(position=st.integers(0, 10**6), mask=st.integers(1, 255), cut=st.booleans())
+@example(position=12, mask=0xFF, cut=False)  # the header length field
+def test_fuzz_byte_flips_and_truncation(small_packed, tmp_path_factory, position, mask, cut):
+    blob = bytearray(small_packed.read_bytes())
+    position %= len(blob)
+    if cut:
+        blob = blob[:position]
+    else:
+        blob[position] ^= mask
+    bad = tmp_path_factory.mktemp("fuzz") / "bad.bso"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(PackedModelError) as info:
+        load_packed(bad)
+    assert str(info.value).startswith(f"{bad}: ")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(derandomize=True, max_examples=120, deadline=None, database=None)
+@given(data=st.data())
+@example(data=None)
+def test_fuzz_header_fields_with_a_valid_crc(small_packed, tmp_path_factory, data):
+    """Any JSON value in any header field: a clean PackedModelError naming the file, or a model that loads."""
+    header, payload = _split(small_packed.read_bytes())
+    if data is not None:
+        fields = [("top", k) for k in header] + [("kwargs", k) for k in header["kwargs"]] + \
+                 [("entry", i, k) for i, e in enumerate(header["tensors"]) for k in e]
+        field = data.draw(st.sampled_from(fields))
+        value = data.draw(JSON_VALUES)
+        target = header if field[0] == "top" else header["kwargs"] if field[0] == "kwargs" \
+            else header["tensors"][field[1]]
+        target[field[-1]] = value
+    bad = tmp_path_factory.mktemp("fuzz") / "header.bso"
+    bad.write_bytes(_join(header, payload))
+    try:
+        model = load_packed(bad)
+    except PackedModelError as error:
+        assert str(error).startswith(f"{bad}: ")
+    else:
+        assert isinstance(model, torch.nn.Module)

@@ -44,3 +44,39 @@ def test_wrong_number_of_classes_is_an_incomplete_folder(data_roots, tmp_path):
 def test_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         ImageNetDataModule(root=tmp_path, image_size=64, resize_size=32)
+
+
+# --------------------------------------------------------------------------- bad images (issue 14, case 4)
+
+from datamodules import DataFileError  # noqa: E402
+from datamodules.imagenet import load_image  # noqa: E402
+
+
+def test_corrupt_and_empty_images_fail_before_training_naming_every_file(data_roots):
+    """Before: PIL's raw UnidentifiedImageError mid-epoch, at a point that moved with the shuffle."""
+    root = data_roots["imagenet_bad_files"]
+    dm = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28)
+    with pytest.raises(DataFileError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    corrupt, empty = root / "train" / "n01440764" / "corrupt.JPEG", root / "train" / "n01443537" / "empty.JPEG"
+    assert "2 of 20 image file(s) are empty or not images" in message
+    assert f"{corrupt} (UnidentifiedImageError" in message and f"{empty} (empty (0 bytes))" in message
+    assert dm.train_set is None  # nothing half set up
+    unchecked = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28, check_images=False)
+    unchecked.setup("fit")  # the check can be skipped; decoding then names the file
+    index = next(i for i, (p, _) in enumerate(unchecked.train_set.samples) if p.endswith("empty.JPEG"))
+    with pytest.raises(DataFileError, match=f"cannot read {empty}: not a decodable image"):
+        unchecked.train_set[index]
+
+
+def test_a_truncated_image_body_is_named_when_it_is_decoded(data_roots, tmp_path):
+    good = next((data_roots["imagenet"] / "train" / "n01440764").iterdir())
+    truncated = tmp_path / "truncated.JPEG"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])  # header intact: passes the check
+    from datamodules.imagenet import header_problem
+
+    assert header_problem(str(truncated)) is None
+    with pytest.raises(DataFileError, match=rf"cannot read {truncated}: not a decodable image \(OSError: image file "
+                                            "is truncated"):
+        load_image(str(truncated))

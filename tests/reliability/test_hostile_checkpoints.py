@@ -1,0 +1,95 @@
+"""A crafted checkpoint's code never runs (issue 14, case 1): every path that reads a user-given checkpoint
+uses ``torch.load(weights_only=True)``; the full unpickle is an explicit opt-in that no check performs."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from bso_lightning.cli import build_cli, root_cause
+from bso_lightning.export import main as export_main
+from bso_lightning.tasks import OnlineClassifier
+from bso_lightning.tasks.faults import CheckpointError, check_checkpoint
+from tests.reliability.helpers import digits, make_task, make_trainer
+from tests.reliability.test_bad_input import TINY
+
+
+class WritesMarker:
+    """Unpickling this object creates ``path`` (``open(path, "w")``): the payload of a hostile checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def hostile(tiny_checkpoint, tmp_path) -> tuple[Path, Path]:
+    """A real, loadable checkpoint with one extra entry whose unpickling writes ``marker``."""
+    marker = tmp_path / "payload_ran"
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["extra"] = WritesMarker(marker)
+    path = tmp_path / "hostile.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(pickle.UnpicklingError):  # the file is what it claims: a full unpickle would run it
+        torch.load(path, weights_only=True)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_the_checkpoint_check_does_not_run_it(hostile):
+    path, marker = hostile
+    with pytest.raises(CheckpointError, match=r"holds objects that are not tensors or plain values \(Unsupported global: GLOBAL io\.open\)"
+                                              r".*--weights_only false") as info:
+        check_checkpoint(path)
+    assert str(path) in str(info.value)
+    check_checkpoint(path, trusted=True)  # the opt-in skips the unpickle instead of doing it
+    assert not marker.exists()
+
+
+def test_ckpt_path_on_the_command_line_does_not_run_it(hostile, tmp_path, monkeypatch):
+    path, marker = hostile
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="holds objects that are not tensors"):
+        build_cli(["fit", *TINY, "--ckpt_path", str(path)])
+    assert not marker.exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_pretrained_does_not_run_it(hostile, tmp_path, monkeypatch):
+    path, marker = hostile
+    with pytest.raises(CheckpointError, match="holds objects that are not tensors"):
+        make_task(pretrained=str(path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as info:  # jsonargparse wraps the error of the model's constructor
+        build_cli(["fit", *TINY, "--model.init_args.pretrained", str(path)])
+    cause = root_cause(info.value)
+    assert isinstance(cause, CheckpointError) and "holds objects that are not tensors" in str(cause)
+    assert not marker.exists()
+
+
+def test_export_does_not_run_it(hostile, tmp_path, capsys):
+    path, marker = hostile
+    assert export_main([str(path), str(tmp_path / "model.bso")]) == 1
+    assert "holds objects that are not tensors" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "model.bso").exists()
+
+
+def test_lightning_own_loading_does_not_run_it(hostile, tmp_path):
+    """Lightning 2.6.6 passes ``weights_only=None`` to ``torch.load``, which means True on torch >= 2.6."""
+    path, marker = hostile
+    with pytest.raises(pickle.UnpicklingError):
+        make_trainer(tmp_path, max_epochs=1).fit(make_task(), datamodule=digits(), ckpt_path=path)
+    with pytest.raises(pickle.UnpicklingError):
+        OnlineClassifier.load_from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_our_own_checkpoints_load_with_weights_only(tiny_checkpoint):
+    """Hyper-parameters, extras and optimizer state are plain values and tensors: no allowlist is needed."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    assert checkpoint["hyper_parameters"]["arch"] == "small_cnn" and "online_classifier" in checkpoint
+    check_checkpoint(tiny_checkpoint)
