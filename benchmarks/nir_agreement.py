@@ -70,6 +70,24 @@ def compare(task, x, y, batchnorm: str, folder: Path) -> dict[str, dict[str, flo
     return result
 
 
+def vgg11_file_sizes(folder: Path) -> dict[str, int]:
+    """Bytes of the VGG-11 CIFAR-10 network (freshly built: ±1 weights compress as trained ones do) per format."""
+    import torch
+
+    from bso_lightning.export import export_packed
+    from bso_lightning.interop.nir import export_nir, write_nir
+    from bso_lightning.models import vgg11
+
+    torch.manual_seed(0)
+    model = vgg11(num_classes=10, in_channels=3).eval()
+    sizes = {"packed (.bso)": export_packed(model, folder / "vgg11.bso", arch="vgg11",
+                                            arch_kwargs={"num_classes": 10, "in_channels": 3})}
+    for batchnorm in ("separate", "fold"):
+        sizes[f"NIR, batchnorm={batchnorm}"] = write_nir(export_nir(model, (3, 32, 32), batchnorm=batchnorm),
+                                                         folder / f"vgg11_{batchnorm}.nir")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -86,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             task, x, y = train_digits_model(seed, args.epochs)
             for batchnorm in ("separate", "fold"):
                 runs.append({"seed": seed, "batchnorm": batchnorm, **compare(task, x, y, batchnorm, Path(tmp))})
+        sizes = vgg11_file_sizes(Path(tmp))
     rows = []
     for run in runs:
         for name in CONSUMERS:
@@ -96,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                             "ours acc %", "consumer acc %"], rows)
     info = machine_info()
     text = (report_header("NIR export: agreement of other consumers with our model (digits test split, 360 samples)",
-                          info) + f"\nsmall_cnn width 8, 8x8 inputs, T = 4, T-BSO, {args.epochs} epoch(s)\n\n" + table)
+                          info) + f"\nsmall_cnn width 8, 8x8 inputs, T = 4, T-BSO, {args.epochs} epoch(s)\n\n" + table
+            + "\n\nFile size of VGG-11 (CIFAR-10) per format (nir.write compresses with gzip):\n\n"
+            + markdown_table(["format", "bytes"], [[k, f"{v:,}"] for k, v in sizes.items()]))
     print(text)
-    write_results(output_dir(args), "nir_agreement", text, {"machine": info, "epochs": args.epochs, "runs": runs})
+    write_results(output_dir(args), "nir_agreement", text, {"machine": info, "epochs": args.epochs, "runs": runs,
+                                                          "vgg11_file_bytes": sizes})
     return 0
 
 
