@@ -51,6 +51,19 @@ def setting_overrides(setting: str) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text())["model"]["init_args"])
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["trace=ottt", ...]`` -> ``{"trace": "ottt", ...}`` (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lower, upper) of the Student-t confidence interval of the mean; (mean, nan, nan) for one value."""
     import math
@@ -86,6 +99,8 @@ def run_one(setting: str, method: str, time_steps: int, seed: int, args) -> dict
                      schedule_interval="epoch")
     if method in ("bso", "tbso") and setting != "default":
         extra.update(setting_overrides(setting))
+    if method in ("bso", "tbso"):
+        extra.update(parse_sets(args.set))
     task = _common.make_task(method, "small_cnn", time_steps, num_classes=10, in_channels=1,
                              arch_kwargs={"width": args.width}, bn_recalibration_batches=args.bn_batches, **extra)
     data = SeededOrderDigits(batch_size=args.batch_size, image_size=args.image_size, seed=0)
@@ -120,6 +135,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--settings", nargs="+", default=["default"],
                         help="BSO/T-BSO behaviour sets: 'default' (the class defaults) or the name of a fragment in "
                              "configs/reference/ ('paper', 'authors'); the other methods run once")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="BSO/T-BSO arguments applied after the setting, e.g. --set trace=ottt")
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2,
                         help="Adam learning rate of BPTT's latent weights (class default 1e-3 is slow on this budget)")
     _common.add_output_args(parser)
@@ -180,6 +197,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                f"× {args.bso_decay:g} every {args.decay_every} epoch(s); BPTT latent lr "
                f"{args.bptt_latent_lr:g} (Adam); seeds {args.seeds} "
                f"(mean ± sample std over {len(args.seeds)} seed(s)); CPU")
+    if args.settings != ["default"]:
+        setting += f"; settings {', '.join(args.settings)} (BSO/T-BSO: configs/reference/<setting>.yaml)"
+    if args.set:
+        setting += f"; BSO/T-BSO also {', '.join(args.set)}"
     text = "\n".join([
         _common.report_header("Accuracy on the embedded digits task", info),
         f"Setting: {setting}.", "",
