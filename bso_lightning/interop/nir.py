@@ -351,16 +351,12 @@ def run_sequence(network: nn.Module, x: Tensor, time_steps: int) -> Tensor:
 def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequence[int],
                           dt: float = DEFAULT_DT, batchnorm: BatchNormMode = "separate") -> int:
     """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size."""
-    from bso_lightning.export import model_spec_from_hparams  # checkpoint reading shared with the packed export
+    from bso_lightning.export import model_spec_from_hparams  # the model spec shared with the packed export
     from bso_lightning.models import build_model
+    from bso_lightning.tasks.faults import read_checkpoint
 
     checkpoint = Path(checkpoint)
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    ckpt = read_checkpoint(checkpoint)  # weights_only=True; CheckpointError (a ValueError) naming the file
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
         raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch or state_dict)")
