@@ -57,13 +57,10 @@ def quiet_lightning() -> None:
 
 
 def make_trainer(max_epochs: int = 1, accelerator: str = "cpu", **kwargs):
-    import lightning as L
+    """The package's quiet trainer (``bso_lightning.trainers``; the tests use the same one) for ``max_epochs``."""
+    from bso_lightning.trainers import quiet_trainer
 
-    defaults = dict(accelerator=accelerator, devices=1, max_epochs=max_epochs, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0)
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
+    return quiet_trainer(accelerator=accelerator, max_epochs=max_epochs, **kwargs)
 
 
 # --------------------------------------------------------------------------- machine

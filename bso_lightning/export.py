@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bso_lightning.models import build_model, model_size_bytes
+from bso_lightning.models import ModelSpec, build_model, model_size_bytes
 from bso_lightning.nn.routing import split_parameters
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
@@ -65,19 +65,10 @@ class PackedModelError(ValueError):
 
 
 def model_spec_from_hparams(hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(arch, factory kwargs) that rebuild the model of an ``OnlineClassifier`` from its hyper-parameters.
-
-    Mirrors ``OnlineClassifier.__init__``: ``build_model(arch, num_classes, in_channels, trace, decay,
-    v_threshold, **arch_kwargs)``.
-    """
-    if "arch" not in hparams:
-        raise ValueError("hyper-parameters have no 'arch': not an OnlineClassifier checkpoint/module")
-    kwargs: dict[str, Any] = {}
-    for key in ("num_classes", "in_channels", "trace", "decay", "v_threshold"):
-        if key in hparams:
-            kwargs[key] = hparams[key]
-    kwargs.update(dict(hparams.get("arch_kwargs") or {}))
-    return str(hparams["arch"]), _jsonable(kwargs)
+    """(arch, factory kwargs) that rebuild the model of an ``OnlineClassifier`` from its hyper-parameters
+    (the ones ``OnlineClassifier.__init__`` builds it from: :meth:`bso_lightning.models.ModelSpec.from_hparams`)."""
+    spec = ModelSpec.from_hparams(hparams)
+    return spec.arch, _jsonable(dict(spec.kwargs))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Shared base for every DataModule: batch size, workers, seeded splits, pin-memory.
+"""Shared base for every DataModule: batch size, workers, seeded shuffling, pin-memory.
 
 Batch layout (the one place it is defined; the LightningModule reads it through
 :func:`bso_lightning.tasks.batch.input_at_time_step`):
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -68,8 +69,6 @@ def dataset_not_found(
     )
     return DatasetNotFoundError(message, folder)
 
-from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
-
 
 class BaseDataModule(L.LightningDataModule):
     """Base class; subclasses set ``num_classes``, ``in_channels`` and build the datasets in ``setup``.
@@ -79,7 +78,8 @@ class BaseDataModule(L.LightningDataModule):
         batch_size: samples per batch for every split.
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster host-to-GPU copies.
-        seed: seed of every random split, so a split is identical on every run and machine.
+        seed: seed of the training order (:class:`EpochSeededSampler`, with the epoch) and of the splits a
+            subclass draws, so both are identical on every run and machine.
     """
 
     num_classes: int
@@ -107,10 +107,6 @@ class BaseDataModule(L.LightningDataModule):
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
-
-    def seeded_split(self, dataset: Dataset, lengths: list[int]) -> list:
-        """Split ``dataset`` with a generator seeded by ``self.seed`` (same on every run)."""
-        return random_split(dataset, lengths, generator=torch.Generator().manual_seed(self.seed))
 
     def _loader(self, dataset: Optional[Dataset], shuffle: bool) -> DataLoader:
         if dataset is None:

@@ -56,6 +56,9 @@ class DigitsDataModule(BaseDataModule):
         self.test_set = TensorDataset(images[test_idx], labels[test_idx])
 
     def _stratified_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per class, a seeded permutation cut into test, val and train (each fraction rounded per class)."""
+        # kept instead of sklearn's train_test_split(stratify=...): that draws another split (numpy RNG, other
+        # rounding), which would change every digits figure recorded in README and benchmarks/results/
         generator = torch.Generator().manual_seed(self.seed)
         parts: tuple[list, list, list] = ([], [], [])
         for cls in range(self.num_classes):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from bso_lightning.cli import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-GENERATOR = REPO / "tests" / "fixtures" / "make_fixtures.py"
 
 # One config per row of the paper's Tables 2 and 5 that this library runs.
 PAPER_ROWS = [
@@ -49,11 +47,8 @@ def _load(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_roots(tmp_path_factory) -> dict[str, Path]:
-    spec = importlib.util.spec_from_file_location("make_fixtures", GENERATOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_all(tmp_path_factory.mktemp("datasets"))
+def data_roots(tmp_path_factory, fixtures_module) -> dict[str, Path]:
+    return fixtures_module.make_all(tmp_path_factory.mktemp("datasets"))
 
 
 def test_every_paper_row_has_a_config():

@@ -1,22 +1,10 @@
 """Binary spiking models built from ``bso_lightning.nn``: torchvision-style factories."""
 
-from typing import Callable
-
-from torch import nn
-
+from bso_lightning.models.factory import ARCHITECTURES, build_model
 from bso_lightning.models.resnet import BiRealUnit, resnet18
 from bso_lightning.models.size import model_size_bytes
+from bso_lightning.models.spec import ModelSpec, build_model_from_hparams
 from bso_lightning.models.vgg import small_cnn, spiking_vgg, vgg11
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vgg11": vgg11, "resnet18": resnet18, "small_cnn": small_cnn}
-
-
-def build_model(arch: str, **kwargs) -> nn.Module:
-    """Build a model by name (one of ``ARCHITECTURES``) with the factory's keyword arguments."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-    return ARCHITECTURES[arch](**kwargs)
-
-
-__all__ = ["ARCHITECTURES", "BiRealUnit", "build_model", "model_size_bytes", "resnet18", "small_cnn",
-           "spiking_vgg", "vgg11"]
+__all__ = ["ARCHITECTURES", "BiRealUnit", "ModelSpec", "build_model", "build_model_from_hparams", "model_size_bytes",
+           "resnet18", "small_cnn", "spiking_vgg", "vgg11"]

@@ -18,6 +18,7 @@ from typing import Literal
 
 from torch import nn
 
+from bso_lightning.models.factory import build_model
 from bso_lightning.nn import BinaryConv2d, BinaryLinear, OnlineConv2d, OnlineLIFNode, OnlineLinear
 from bso_lightning.nn.bptt import BPTTLIFNode
 from bso_lightning.nn.latent import LatentBinaryConv2d, LatentBinaryLinear
@@ -87,8 +88,6 @@ def convert_neurons(model: nn.Module, neuron: NeuronVariant) -> nn.Module:
 def build_variant(arch: str, weights: WeightVariant = "binary", neuron: NeuronVariant = "online",
                   **kwargs) -> nn.Module:
     """``build_model(arch, **kwargs)`` with its binary layers and neurons swapped as requested."""
-    from bso_lightning.models import build_model
-
     if weights not in WEIGHT_VARIANTS:
         raise ValueError(f"weights must be one of {WEIGHT_VARIANTS}, got {weights!r}")
     if neuron not in NEURON_VARIANTS:

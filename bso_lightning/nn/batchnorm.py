@@ -2,43 +2,40 @@
 
 Weights that flip every step leave the running statistics of BatchNorm behind the network they
 normalise (and mix the statistics of different time steps). Before evaluation, reset them and
-re-estimate them as a plain average over a few training batches with the weights as they are now.
+re-estimate them as a plain (cumulative) average over a few training batches with the weights as they
+are now: ``torch.optim.swa_utils.update_bn``, over at most ``max_batches`` inputs, leaving out any input
+that holds NaN/Inf (it would poison the statistics).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import itertools
+from typing import Iterable, Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable, forward: Callable[[object], object],
-                          max_batches: int) -> int:
-    """Reset every BatchNorm's running statistics and re-estimate them over ``max_batches`` batches.
+def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[Tensor], max_batches: int) -> int:
+    """Reset every BatchNorm's running statistics in ``model`` and re-estimate them over its forward passes on
+    the finite ones among the first ``max_batches`` of ``inputs``; returns how many inputs were used.
 
-    ``forward(batch)`` runs the model on one batch (all time steps). Returns the number of batches used.
-    The model is left in the training mode it had; momentum of every BatchNorm is restored.
+    ``model(x)`` must run the whole forward (all time steps) of one input batch ``x``. The model's training mode
+    and every BatchNorm's momentum are restored (``update_bn``). ``max_batches <= 0`` changes nothing.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or max_batches <= 0:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over all forwards
-    model.train()
     used = 0
-    try:
-        for batch in batches:
-            if used >= max_batches:
-                break
-            forward(batch)
-            used += 1
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
+
+    def finite() -> Iterator[Tensor]:
+        nonlocal used
+        for x in itertools.islice(inputs, max_batches):
+            if bool(torch.isfinite(x).all()):
+                used += 1
+                yield x
+
+    if max_batches > 0:
+        update_bn(finite(), model)
     return used
+
+
+__all__ = ["recalibrate_batchnorm"]

@@ -16,6 +16,11 @@ from bso_lightning.nn.neuron import OnlineLIFNode
 class BPTTLIFNode(OnlineLIFNode):
     """Single-step LIF neuron whose state keeps its gradient across time steps (BPTT)."""
 
+    # kept instead of spikingjelly's LIFNode(tau=2., decay_input=False, v_reset=None, detach_reset=True,
+    # surrogate_function=Sigmoid(4.)): same spikes and membrane bit for bit, but its input gradients differ in the
+    # last bits (tests/nn/test_bptt.py) — this step is the online neuron's minus the detach, so BPTT vs BSO differ
+    # only in the gradient through time
+
     def __init__(self, decay: float = 0.5, v_threshold: float = 1.0, surrogate_alpha: float = 4.0) -> None:
         super().__init__(decay=decay, v_threshold=v_threshold, trace="none", surrogate_alpha=surrogate_alpha)
 

@@ -69,9 +69,6 @@ class LatentBinaryLayer:
             self.__dict__["_binary_cache"] = cache
         return cache[1]
 
-    def clear_binary_cache(self) -> None:
-        self.__dict__.pop("_binary_cache", None)
-
     def __getstate__(self):
         # the cache may hold a non-leaf tensor (not deep-copyable / picklable); it is rebuilt on demand
         state = dict(self.__dict__)
@@ -130,9 +127,5 @@ def clip_latent_(params: Iterable[Tensor], bound: float = 1.0) -> None:
         torch._foreach_clamp_max_(params, bound)
 
 
-def is_latent(module: nn.Module) -> bool:
-    return isinstance(module, LatentBinaryLayer)
-
-
 __all__ = ["LatentBinaryConv2d", "LatentBinaryLayer", "LatentBinaryLinear", "SignSTE", "clip_latent_",
-           "is_latent", "latent_parameters", "sign_ste"]
+           "latent_parameters", "sign_ste"]

@@ -148,7 +148,7 @@ class TimeSteppedClassifier(L.LightningModule):
         stepped before a checkpoint saved at the end of the epoch's last batch, since a run resumed from
         that checkpoint starts the next epoch without running the epoch-end hooks.)
         """
-        last_batch = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        last_batch = self.trainer.is_last_batch  # set before training_step, from the data fetcher
         for scheduler, interval in zip(self._scheduler_list(), self._schedule_intervals(), strict=True):
             if interval == "step" or last_batch:
                 scheduler.step()
@@ -230,25 +230,17 @@ class TimeSteppedClassifier(L.LightningModule):
     def recalibrate_batchnorm(self) -> int:
         """Re-estimate BatchNorm statistics on ``bn_recalibration_batches`` training batches (DESIGN.md §3).
 
-        Uses a fixed seed in a forked RNG, so it neither depends on nor disturbs the training RNG.
-        Returns the number of batches used.
+        Uses a fixed seed in a forked RNG, so it neither depends on nor disturbs the training RNG. A batch holding
+        NaN/Inf is left out. Returns the number of batches used.
         """
         n = self.hparams.bn_recalibration_batches
         loader = self._train_loader_for_recalibration() if n > 0 else None
         if loader is None:
             return 0
-        was_training = self.training
-
-        def forward(batch) -> None:
-            x = self._to_device(batch)[0]
-            if bool(torch.isfinite(x).all()):  # a batch holding NaN/Inf would poison the statistics: left out
-                self(x)
-
+        inputs = (self._to_device(batch)[0] for batch in loader)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(BN_RECALIBRATION_SEED)
-            used = recalibrate_batchnorm(self.model, loader, forward, max_batches=n)
-        self.train(was_training)
-        return used
+            return recalibrate_batchnorm(self, inputs, max_batches=n)  # self(x): the mean over the T time steps
 
     def _to_device(self, batch):
         if self._trainer is None:

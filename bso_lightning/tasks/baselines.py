@@ -9,7 +9,7 @@
 
 Both take the :class:`OnlineClassifier` arguments that apply to them (``arch``, ``num_classes``,
 ``in_channels``, ``time_steps``, ``lr``, ...), build the same architecture with other weights or neurons
-(:func:`bso_lightning.models.variants.build_variant`) and use the same loss (Eq. 8). Like
+(:func:`bso_lightning.models.build_model_from_hparams`) and use the same loss (Eq. 8). Like
 :class:`OnlineClassifier` they subclass :class:`~bso_lightning.tasks.base.TimeSteppedClassifier`, so they
 predict, evaluate and re-estimate BatchNorm statistics with the same code (none of the online classifier's
 BSO/T-BSO settings, checkpoint extras or fault handling apply). Select them from a LightningCLI config with
@@ -23,14 +23,13 @@ batch (+2 per batch). The cosine learning rates advance once per epoch, stepped 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor
 
-from bso_lightning.models.variants import build_variant
+from bso_lightning.models import build_model_from_hparams
 from bso_lightning.nn.latent import clip_latent_, latent_parameters
 from bso_lightning.optim import check_partition, split_parameters
 from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
@@ -38,13 +37,6 @@ from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.loss import online_loss
 
 LATENT_OPTIMIZERS = ("adam", "sgd")
-
-
-def _variant(hp: Mapping[str, Any], weights: str, neuron: str) -> torch.nn.Module:
-    """The architecture of the hyper-parameters ``hp`` with other weights or neurons (see ``build_variant``)."""
-    return build_variant(hp["arch"], weights=weights, neuron=neuron, num_classes=hp["num_classes"],
-                         in_channels=hp["in_channels"], trace=hp.get("trace", "ottt"), decay=hp["decay"],
-                         v_threshold=hp["v_threshold"], **(hp["arch_kwargs"] or {}))
 
 
 class OTTTClassifier(TimeSteppedClassifier):
@@ -79,7 +71,7 @@ class OTTTClassifier(TimeSteppedClassifier):
         self.save_hyperparameters()
         check_choice("update_mode", update_mode, UPDATES)
         self._check_shared_hyperparameters()
-        self.model = _variant(self.hparams, weights="full_precision", neuron="online")
+        self.model = build_model_from_hparams(self.hparams, weights="full_precision")
         self.split = split_parameters(self.model)
         self._make_metrics(num_classes)
 
@@ -144,7 +136,7 @@ class BPTTLatentClassifier(TimeSteppedClassifier):
         super().__init__()
         self.save_hyperparameters()
         self._check_shared_hyperparameters()
-        self.model = _variant(self.hparams, weights="latent", neuron="bptt")
+        self.model = build_model_from_hparams(self.hparams, weights="latent", neuron="bptt")
         self.split = split_parameters(self.model)
         self._make_metrics(num_classes)
 

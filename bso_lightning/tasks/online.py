@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor
 
-from bso_lightning.models import build_model
+from bso_lightning.models import build_model_from_hparams
 from bso_lightning.nn import binarize_
 from bso_lightning.optim import (
     BSO, TBSO, BinaryHyperparameterScheduler, ConstantDecay, InverseSqrtDecay, StepDecay, check_partition,
@@ -141,8 +141,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
         check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         self._check_shared_hyperparameters()
-        self.model = build_model(arch, num_classes=num_classes, in_channels=in_channels, trace=trace,
-                                 decay=decay, v_threshold=v_threshold, **(arch_kwargs or {}))
+        self.model = build_model_from_hparams(self.hparams)
         self.split = split_parameters(self.model)
         if not self.split.binary:
             raise ValueError(f"arch {arch!r} has no binary parameters for {optimizer.upper()} to train")
@@ -260,6 +259,3 @@ class OnlineClassifier(TimeSteppedClassifier):
     def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
         if "fault_counts" in extras:
             self._fault_counts.copy_(extras["fault_counts"])
-
-    def _binary_schedule(self) -> BinaryHyperparameterScheduler:
-        return self.lr_schedulers()[1]

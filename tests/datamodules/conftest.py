@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import pytest
-
-GENERATOR = Path(__file__).resolve().parents[1] / "fixtures" / "make_fixtures.py"
-
-
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_fixtures", GENERATOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def fixtures_module():
-    return load_generator()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,3 @@
-import importlib.util
 import signal
 from pathlib import Path
 
@@ -6,7 +5,7 @@ import numpy as np
 import pytest
 
 from bso_lightning.cli import build_cli
-from tests.reliability.helpers import REPO, cli_args, snapshot
+from tests.reliability.helpers import cli_args, snapshot
 
 
 @pytest.fixture
@@ -18,12 +17,9 @@ def restore_sigint():
 
 
 @pytest.fixture
-def cifar10_root(tmp_path_factory) -> Path:
+def cifar10_root(tmp_path_factory, fixtures_module) -> Path:
     """A tiny CIFAR-10 in torchvision's pickle layout, written by the checked-in fixture generator."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", REPO / "tests" / "fixtures" / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_cifar10(tmp_path_factory.mktemp("data"), np.random.default_rng(0))
+    return fixtures_module.write_cifar10(tmp_path_factory.mktemp("data"), np.random.default_rng(0))
 
 
 @pytest.fixture(scope="session")

@@ -15,39 +15,28 @@ from lightning.pytorch.callbacks import Callback
 
 from bso_lightning.tasks import OnlineClassifier
 from bso_lightning.tasks.base import TimeSteppedClassifier
-from datamodules import DigitsDataModule
+from tests import conftest
+from tests.conftest import REPO
+from tests.conftest import digits_data as digits
 
-REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 2
 BATCHES = 4  # training batches per epoch (limit_train_batches)
 
 
 def make_task(seed: int = 0, **kwargs: Any) -> OnlineClassifier:
-    L.seed_everything(seed)
-    defaults = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2,
-                    schedule="step", schedule_every=1, schedule_factor=0.5)
-    defaults.update(kwargs)
-    return OnlineClassifier(**defaults)
+    """The tiny task of ``tests.conftest`` with a step schedule (×0.5 every epoch)."""
+    return conftest.make_task(seed=seed, **{"schedule": "step", "schedule_every": 1, "schedule_factor": 0.5, **kwargs})
 
 
 def make_baseline(cls: type[TimeSteppedClassifier], seed: int = 0, **kwargs: Any) -> TimeSteppedClassifier:
     """A baseline (``OTTTClassifier``, ``BPTTLatentClassifier``) of the same tiny size as :func:`make_task`."""
-    L.seed_everything(seed)
-    defaults = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2)
-    defaults.update(kwargs)
-    return cls(**defaults)
+    return conftest.make_task(cls, seed=seed, **kwargs)
 
 
 def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0, deterministic=True,
-                    max_epochs=EPOCHS, limit_train_batches=BATCHES, limit_val_batches=1)
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
-
-
-def digits() -> DigitsDataModule:
-    return DigitsDataModule(batch_size=16)
+    """``tests.conftest.make_trainer`` for EPOCHS epochs of BATCHES batches and one validation batch."""
+    return conftest.make_trainer(root, **{"max_epochs": EPOCHS, "limit_train_batches": BATCHES,
+                                          "limit_val_batches": 1, **kwargs})
 
 
 def snapshot(trainer: L.Trainer) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,8 +78,9 @@ def test_loader_resumes_its_epoch_after_the_consumed_batches(num_workers):
 def test_interrupted_run_resumes_exactly_from_its_interrupt_and_periodic_checkpoints(tmp_path, reference,
                                                                                    restore_sigint):
     """Ctrl+C in the middle of batch 6 (epoch 1) stops at the end of that batch and saves ``interrupted.ckpt``;
-    ``ModelCheckpoint(every_n_train_steps)`` saved at the end of the last batch of epoch 0. Both resume to the
-    uninterrupted run, bit for bit."""
+    ``ModelCheckpoint(every_n_train_steps)`` saved at the end of the last batch of epoch 0; ``save_checkpoint``
+    after a finished 1-epoch ``fit`` (epoch-end hooks and validation ran). All resume to the uninterrupted run, bit
+    for bit."""
     saver = CheckpointOnInterrupt(dirpath=str(tmp_path / "ckpt"))
     periodic = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2 * 2 * BATCHES, save_top_k=-1,
                                filename="{step}")  # global_step counts both optimizers at each of the T = 2 steps
@@ -88,11 +90,15 @@ def test_interrupted_run_resumes_exactly_from_its_interrupt_and_periodic_checkpo
         trainer.fit(make_task(), datamodule=digits())
     assert trainer.interrupted and trainer.global_step == 2 * 2 * 6
     assert saver.saved_path == str(tmp_path / "ckpt" / "interrupted.ckpt")
+    one_epoch = make_trainer(tmp_path / "one_epoch", max_epochs=1)
+    one_epoch.fit(make_task(cosine_epochs=EPOCHS), datamodule=digits())  # the reference's learning-rate schedule
+    one_epoch.save_checkpoint(tmp_path / "ckpt" / "after_fit.ckpt")
     expected, seen = reference
-    for path, done in [(saver.saved_path, 6), (tmp_path / "ckpt" / f"step={2 * 2 * BATCHES}.ckpt", BATCHES)]:
+    for path, done in [(saver.saved_path, 6), (tmp_path / "ckpt" / f"step={2 * 2 * BATCHES}.ckpt", BATCHES),
+                       (tmp_path / "ckpt" / "after_fit.ckpt", BATCHES)]:
         check_checkpoint(path)
         recorder = RecordBatches()
-        resumed = make_trainer(tmp_path / f"resumed{done}", callbacks=[recorder])
+        resumed = make_trainer(tmp_path / f"resumed_{Path(path).stem}", callbacks=[recorder])
         resumed.fit(make_task(seed=123), datamodule=digits(), ckpt_path=path)  # other init: all from the file
         assert recorder.seen == seen[done:], path  # exactly the batches the stopped run had not trained on
         assert_same(expected, snapshot(resumed), str(path))

@@ -1,11 +1,13 @@
-"""The online classifier: a step per time step, ±1 weights, exact resume, clear errors."""
+"""The online classifier: a step per time step, ±1 weights, clear errors (exact resume: tests/reliability/test_resume.py)."""
 
 import lightning as L
 import pytest
 import torch
 
+from bso_lightning.nn import OnlineLIFNode
 from bso_lightning.optim import BSO, TBSO, split_parameters
 from bso_lightning.tasks.loss import online_loss
+from datamodules.sampling import EpochSeededSampler
 from tests.tasks.conftest import make_task, make_trainer
 
 
@@ -49,44 +51,25 @@ def test_tbso_second_moment_has_one_scalar_per_time_step(tmp_path, digits):
 
 
 def test_bso_variant_and_ndot_trace_train(tmp_path, digits):
-    L.seed_everything(0)
-    task = make_task(optimizer="bso", trace="ndot", threshold=1e-6)
-    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
-    trainer.fit(task, datamodule=digits)
-    assert isinstance(trainer.optimizers[0], BSO)
-
-
-def test_resume_is_exact(tmp_path, digits):
-    def fresh(seed=0):
-        L.seed_everything(seed)
-        return make_task(time_steps=2, schedule="step", schedule_every=1, schedule_factor=0.5)
-
-    straight = fresh()
-    trainer = make_trainer(tmp_path / "a", max_epochs=2, limit_train_batches=3, limit_val_batches=1)
-    trainer.fit(straight, datamodule=digits)
-
-    first_half = fresh()
-    trainer = make_trainer(tmp_path / "b", max_epochs=1, limit_train_batches=3, limit_val_batches=1)
-    trainer.fit(first_half, datamodule=digits)
-    ckpt = tmp_path / "half.ckpt"
-    trainer.save_checkpoint(ckpt)
-
-    resumed = fresh(seed=123)  # different init: everything must come from the checkpoint
-    trainer_resumed = make_trainer(tmp_path / "c", max_epochs=2, limit_train_batches=3, limit_val_batches=1)
-    trainer_resumed.fit(resumed, datamodule=digits, ckpt_path=ckpt)
-
-    for a, b in zip(_binary_state(straight), _binary_state(resumed)):
-        assert torch.equal(a, b)
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    opt_a = [o.state_dict() for o in straight.trainer.optimizers]
-    opt_b = [o.state_dict() for o in trainer_resumed.optimizers]
-    for sa, sb in zip(opt_a, opt_b):
-        assert sa["state"].keys() == sb["state"].keys()
-        for key in sa["state"]:
-            for name, value in sa["state"][key].items():
-                torch.testing.assert_close(value, sb["state"][key][name], rtol=0, atol=0)
-        assert sa["param_groups"] == sb["param_groups"]  # includes the scheduled threshold, beta and lr
+    """optimizer="bso" trains the binary weights with BSO (they flip and stay ±1); trace="ndot" reaches every neuron
+    and changes the weight gradient: BSO's state differs from the same run with the OTTT trace."""
+    state = {}
+    for trace in ("ndot", "ottt"):
+        L.seed_everything(0)
+        task = make_task(optimizer="bso", trace=trace, threshold=1e-6)
+        before = _binary_state(task)
+        trainer = make_trainer(tmp_path / trace, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
+        trainer.fit(task, datamodule=digits)
+        binary_opt = trainer.optimizers[0]
+        assert isinstance(binary_opt, BSO) and not isinstance(binary_opt, TBSO)
+        assert {m.trace_mode for m in task.model.modules() if isinstance(m, OnlineLIFNode)} == {trace}
+        after = _binary_state(task)
+        assert all(set(w.unique().tolist()) <= {-1.0, 1.0} for w in after)
+        assert any(not torch.equal(a, b) for a, b in zip(before, after)), f"BSO flipped no weight ({trace})"
+        state[trace] = [v.clone() for p in binary_opt.binary_parameters() for v in binary_opt.state[p].values()
+                        if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert state["ndot"] and len(state["ndot"]) == len(state["ottt"])
+    assert any(not torch.equal(a, b) for a, b in zip(state["ndot"], state["ottt"])), "trace='ndot' changed nothing"
 
 
 def test_bn_recalibration_sets_running_stats_from_current_weights(digits):
@@ -99,6 +82,33 @@ def test_bn_recalibration_sets_running_stats_from_current_weights(digits):
     trainer.validate(task, datamodule=digits, verbose=False)
     assert bn.running_mean.abs().max() < 50  # re-estimated, the stale value is gone
     assert task.recalibrate_batchnorm() == 3
+
+
+def test_bn_recalibration_has_its_own_rng_and_leaves_out_non_finite_batches(digits):
+    """Same statistics whatever the global RNG state, which it leaves as it was; a NaN batch is not used."""
+    L.seed_everything(0)
+    task = make_task(bn_recalibration_batches=3)
+    trainer = make_trainer(None, limit_val_batches=1)
+    trainer.validate(task, datamodule=digits, verbose=False)  # attaches the trainer and DataModule
+    bn = task.model[1]
+    torch.manual_seed(1)
+    assert task.recalibrate_batchnorm() == 3
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    assert task.recalibrate_batchnorm() == 3
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+
+    images = digits.train_set.tensors[0]
+    second_batch = list(EpochSeededSampler(digits.train_set, digits.seed))[16]  # the order of epoch 0
+    saved = images[second_batch, 0, 0, 0].item()
+    images[second_batch, 0, 0, 0] = float("nan")
+    try:
+        assert task.recalibrate_batchnorm() == 2
+        assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    finally:
+        images[second_batch, 0, 0, 0] = saved
 
 
 @pytest.mark.parametrize("kwargs, culprit", [

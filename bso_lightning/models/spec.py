@@ -1,0 +1,57 @@
+"""Rebuilding a task's model from its hyper-parameters: the one definition that the online classifier, the
+baselines and the packed export share.
+
+A task stores ``arch``, ``arch_kwargs`` and the model settings of its own (``num_classes``, ``in_channels``,
+``trace``, ``decay``, ``v_threshold``) as hyper-parameters; :meth:`ModelSpec.from_hparams` turns them into
+the factory call ``build_model(arch, **kwargs)``, and ``weights``/``neuron`` select a baseline variant
+(:mod:`bso_lightning.models.variants`). A new model-building option is one more field here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from bso_lightning.models.variants import NeuronVariant, WeightVariant, build_variant
+
+#: Task hyper-parameters passed to the model factory as keyword arguments (when the task has them).
+FACTORY_HPARAMS = ("num_classes", "in_channels", "trace", "decay", "v_threshold")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What builds a model: the factory name, its keyword arguments and the weight/neuron variant."""
+
+    arch: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: WeightVariant = "binary"
+    neuron: NeuronVariant = "online"
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any], weights: WeightVariant = "binary",
+                     neuron: NeuronVariant = "online") -> "ModelSpec":
+        """The spec of a task's hyper-parameters: ``FACTORY_HPARAMS`` it has, then ``arch_kwargs``."""
+        if "arch" not in hparams:
+            raise ValueError("hyper-parameters have no 'arch': not a bso_lightning task checkpoint/module")
+        kwargs = {key: hparams[key] for key in FACTORY_HPARAMS if key in hparams}
+        arch_kwargs = dict(hparams.get("arch_kwargs") or {})
+        repeated = sorted(set(kwargs) & set(arch_kwargs))
+        if repeated:
+            raise ValueError(f"arch_kwargs repeats {repeated}: set them as the task's own arguments, not in arch_kwargs")
+        return cls(str(hparams["arch"]), {**kwargs, **arch_kwargs}, weights, neuron)
+
+    def build(self) -> nn.Module:
+        """``build_model(arch, **kwargs)`` with the binary layers and neurons swapped as the variant says."""
+        return build_variant(self.arch, weights=self.weights, neuron=self.neuron, **self.kwargs)
+
+
+def build_model_from_hparams(hparams: Mapping[str, Any], weights: WeightVariant = "binary",
+                             neuron: NeuronVariant = "online") -> nn.Module:
+    """The model a task with these hyper-parameters trains (``ModelSpec.from_hparams(...).build()``)."""
+    return ModelSpec.from_hparams(hparams, weights, neuron).build()
+
+
+__all__ = ["FACTORY_HPARAMS", "ModelSpec", "build_model_from_hparams"]

@@ -1,0 +1,63 @@
+"""What every test folder shares: the tiny task and trainer, the digits data, the fixture-data generator, and
+the hypothesis profile.
+
+Helpers are plain functions (``from tests.conftest import make_task, make_trainer``); fixtures are found by
+pytest. Hypothesis runs derandomized by default (profile ``ci``: the same examples on every run and machine);
+``HYPOTHESIS_PROFILE=explore`` draws fresh random examples for a local bug hunt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import lightning as L
+import pytest
+from hypothesis import HealthCheck, settings
+
+from bso_lightning.tasks import OnlineClassifier
+from bso_lightning.tasks.base import TimeSteppedClassifier
+from bso_lightning.trainers import quiet_trainer
+from datamodules import DigitsDataModule
+from tests.fixtures import make_fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+
+settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: The tiny online classifier of the task and reliability tests: T = 2, an 8-channel small CNN.
+TINY_TASK: dict[str, Any] = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2)
+
+
+def make_task(cls: type[TimeSteppedClassifier] = OnlineClassifier, seed: Optional[int] = None,
+              **kwargs: Any) -> TimeSteppedClassifier:
+    """``cls(**TINY_TASK, **kwargs)``; with ``seed``, ``L.seed_everything(seed)`` first (the initial weights)."""
+    if seed is not None:
+        L.seed_everything(seed)
+    return cls(**{**TINY_TASK, **kwargs})
+
+
+def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:
+    """A quiet, deterministic CPU trainer writing under ``root`` (``bso_lightning.trainers.quiet_trainer``)."""
+    return quiet_trainer(**{"default_root_dir": root, "deterministic": True, **kwargs})
+
+
+def digits_data(batch_size: int = 16) -> DigitsDataModule:
+    """The embedded digits task (no download) in batches of 16."""
+    return DigitsDataModule(batch_size=batch_size)
+
+
+@pytest.fixture
+def digits() -> DigitsDataModule:
+    return digits_data()
+
+
+@pytest.fixture(scope="session")
+def fixtures_module() -> ModuleType:
+    """``tests/fixtures/make_fixtures.py``: writes tiny datasets in their real on-disk formats."""
+    return make_fixtures
