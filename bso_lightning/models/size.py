@@ -6,6 +6,7 @@ import math
 
 from torch import nn
 
+from bso_lightning.nn.packed import binary_numel
 from bso_lightning.nn.routing import split_parameters
 
 
@@ -15,5 +16,5 @@ def model_size_bytes(model: nn.Module) -> int:
     Buffers (BatchNorm running statistics) are not counted, as in the paper.
     """
     split = split_parameters(model)
-    binary_bits = sum(p.numel() for p in split.binary)
+    binary_bits = sum(binary_numel(p) for p in split.binary)
     return math.ceil(binary_bits / 8) + 4 * sum(p.numel() for p in split.full_precision)

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bso_lightning.nn.packed import is_packed
+
+
+def _trainable(p: nn.Parameter) -> bool:
+    """Trained by some optimizer: requires grad, or a packed binary weight (bits get G from their layer)."""
+    return p.requires_grad or is_packed(p)
+
 
 @dataclass
 class ParameterSplit:
@@ -50,13 +57,13 @@ def split_parameters(model: nn.Module) -> ParameterSplit:
     """Split the trainable parameters of ``model`` into binary and full-precision lists.
 
     Both lists follow ``model.named_parameters()`` order; shared parameters appear once;
-    parameters with ``requires_grad=False`` are left out.
+    parameters with ``requires_grad=False`` are left out (except packed binary weights, which never require grad).
     """
     names = {id(p): name for name, p in model.named_parameters()}
     claimed = _claims(model, names)
     split = ParameterSplit()
     for p in model.parameters():
-        if p.requires_grad:
+        if _trainable(p):
             (split.binary if id(p) in claimed else split.full_precision).append(p)
     return split
 
@@ -84,7 +91,7 @@ def check_partition(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer
     problems += [
         f"parameter {name!r} is not in any optimizer"
         for name, p in model.named_parameters()
-        if p.requires_grad and id(p) not in owners
+        if _trainable(p) and id(p) not in owners
     ]
     if problems:
         raise ValueError("parameters are not partitioned among the optimizers:\n  " + "\n  ".join(problems))

@@ -86,3 +86,80 @@ def trace_conv2d(spikes: Tensor, trace: Tensor, weight: Tensor, bias: Optional[T
 def trace_linear(spikes: Tensor, trace: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Functional form of :class:`TraceLinearFunction`."""
     return TraceLinearFunction.apply(spikes, trace, weight, bias)
+
+
+# --------------------------------------------------------------------------- packed binary weights
+#
+# The weight is a PackedBinaryParameter (bits). Forward and backward each unpack it to ±1 in the compute dtype
+# for the one op and drop it (it is not saved for the backward); the weight gradient is handed to the parameter
+# (``deliver_grad``), which may step BSO/T-BSO right there and free it.
+
+
+class PackedTraceConv2dFunction(torch.autograd.Function):
+    """``conv2d(spikes, ±1 weight from bits, bias)``; weight gradient from ``trace``, delivered to the bits."""
+
+    @staticmethod
+    def forward(ctx, spikes: Tensor, trace: Tensor, anchor: Tensor, bias: Optional[Tensor], packed,
+                stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Tensor:
+        ctx.save_for_backward(trace)
+        ctx.packed, ctx.conv_args, ctx.has_bias = packed, (stride, padding, dilation, groups), bias is not None
+        weight = packed.signs(spikes.dtype)
+        return F.conv2d(spikes, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (trace,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv_args
+        weight = ctx.packed.signs(grad_out.dtype)
+        grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, _match(trace, grad_out.dtype), weight, [weight.shape[0]] if ctx.has_bias else None,
+            stride, padding, dilation, False, [0, 0], groups,
+            [ctx.needs_input_grad[0], True, ctx.needs_input_grad[3] and ctx.has_bias])
+        del weight
+        ctx.packed.deliver_grad(grad_weight)
+        return grad_input, None, None, grad_bias, None, None, None, None, None
+
+
+class PackedTraceLinearFunction(torch.autograd.Function):
+    """``linear(spikes, ±1 weight from bits, bias)``; weight gradient from ``trace``, delivered to the bits."""
+
+    @staticmethod
+    def forward(ctx, spikes: Tensor, trace: Tensor, anchor: Tensor, bias: Optional[Tensor], packed) -> Tensor:
+        ctx.save_for_backward(trace)
+        ctx.packed, ctx.has_bias = packed, bias is not None
+        return F.linear(spikes, packed.signs(spikes.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (trace,) = ctx.saved_tensors
+        grad_input = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = grad_out @ ctx.packed.signs(grad_out.dtype)
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        flat_trace = _match(trace, grad_out.dtype).reshape(-1, trace.shape[-1])
+        ctx.packed.deliver_grad(flat_grad.t() @ flat_trace)
+        if ctx.needs_input_grad[3] and ctx.has_bias:
+            grad_bias = flat_grad.sum(0)
+        return grad_input, None, None, grad_bias, None
+
+
+def _grad_anchor(spikes: Tensor) -> Tensor:
+    """An empty leaf that requires grad, so the op's backward runs (and delivers G) like a dense weight's would."""
+    return torch.empty(0, device=spikes.device, requires_grad=True)
+
+
+def packed_conv2d(spikes: Tensor, trace: Optional[Tensor], packed, bias: Optional[Tensor], stride, padding,
+                  dilation, groups: int) -> Tensor:
+    """Convolution with a packed binary weight; the weight gradient uses ``trace`` (or the spikes if None)."""
+    if not torch.is_grad_enabled():
+        return F.conv2d(spikes, packed.signs(spikes.dtype), bias, stride, padding, dilation, groups)
+    return PackedTraceConv2dFunction.apply(spikes, spikes if trace is None else trace, _grad_anchor(spikes), bias,
+                                           packed, stride, padding, dilation, groups)
+
+
+def packed_linear(spikes: Tensor, trace: Optional[Tensor], packed, bias: Optional[Tensor]) -> Tensor:
+    """Linear layer with a packed binary weight; the weight gradient uses ``trace`` (or the input if None)."""
+    if not torch.is_grad_enabled():
+        return F.linear(spikes, packed.signs(spikes.dtype), bias)
+    return PackedTraceLinearFunction.apply(spikes, spikes if trace is None else trace, _grad_anchor(spikes), bias,
+                                           packed)

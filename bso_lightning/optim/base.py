@@ -20,6 +20,8 @@ from bso_lightning.optim.checks import check_binary_values
 
 #: Dtypes of the counters (the momentum's is the optimizer's ``momentum_dtype``; T-BSO's v is float32).
 STATE_DTYPES: dict[str, torch.dtype] = {"v": torch.float32, "last_flips": torch.int64, "nonfinite_steps": torch.int64}
+#: Length of the random row that the stochastic rounding of a bfloat16 momentum repeats over a tensor.
+NOISE_WIDTH = 4096
 MOMENTUM_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -58,6 +60,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
         self.momentum_dtype = check_momentum_dtype(momentum_dtype)
         self.rounding_seed = rounding_seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._noise_rows: dict[torch.device, Tensor] = {}
         self._backward_hooks: list[Any] = []
         self._backward_time_step = 0
         self._stepped_in_backward: set[int] = set()
@@ -107,7 +110,13 @@ class BinaryOptimizer(torch.optim.Optimizer):
             return closure()
 
     def _rounding_noise(self, params: list[Tensor]) -> list[Tensor | None] | None:
-        """Uniform 16-bit integers for the stochastic rounding of a bfloat16 momentum (None for float32)."""
+        """Per tensor, a row of uniform 16-bit integers for the stochastic rounding of a bfloat16 momentum
+        (None for float32).
+
+        Each row is a fixed random row (``NOISE_WIDTH`` entries, from ``rounding_seed``) plus a fresh random
+        offset per tensor and step, modulo 2**16: every entry's noise is uniform and independent across steps, so
+        the rounding is unbiased, at the cost of one small draw per tensor instead of one per weight.
+        """
         if self.momentum_dtype == torch.float32:
             return None
         noises = []
@@ -116,8 +125,14 @@ class BinaryOptimizer(torch.optim.Optimizer):
             if gen is None:
                 gen = self._generators[p.device] = torch.Generator(device=p.device)
                 gen.manual_seed(self.rounding_seed)
-            noises.append(torch.randint(0, 1 << 16, binary_shape(p), dtype=torch.int32, device=p.device,
-                                        generator=gen))
+            row = self._noise_rows.get(p.device)
+            if row is None:
+                row_gen = torch.Generator(device=p.device)
+                row_gen.manual_seed(self.rounding_seed + 1)
+                row = self._noise_rows[p.device] = torch.randint(0, 1 << 16, (NOISE_WIDTH,), dtype=torch.int32,
+                                                                 device=p.device, generator=row_gen)
+            offset = torch.randint(0, 1 << 16, (1,), dtype=torch.int32, device=p.device, generator=gen)
+            noises.append(torch.bitwise_and(row + offset, 0xFFFF))
         return noises
 
     def _step_params(self, group: dict[str, Any], params: list[Tensor], time_step: int) -> None:

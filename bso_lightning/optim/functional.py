@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from bso_lightning.nn.packed import PackedBinaryParameter, pack_bits, unpack_signs
+from bso_lightning.nn.packed import PackedBinaryParameter, _sign_table, pack_bits, unpack_signs
 
 __all__ = ["bso", "tbso", "stochastic_round_to_bfloat16", "tbso_flip_threshold", "EPS_PLACEMENTS"]
 
@@ -41,22 +41,28 @@ EPS_PLACEMENTS = ("inside", "outside")
 def stochastic_round_to_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
     """Round float32 ``x`` to bfloat16, up with probability equal to the dropped fraction (unbiased).
 
-    ``noise``: int32 in [0, 2**16), same shape. Adds it to the 16 low bits of x's bit pattern and truncates;
-    non-finite x are not expected here (the update keeps M finite).
+    ``noise``: int32 in [0, 2**16), either shaped like ``x`` or a row that is repeated over ``x``'s entries
+    (flattened). Adds it to the 16 low bits of x's bit pattern and truncates. ``x`` is overwritten.
     """
-    bits = x.view(torch.int32)
-    rounded = torch.bitwise_and(bits + noise, -65536)  # -65536 == 0xFFFF0000 as int32
-    return rounded.view(torch.float32).to(torch.bfloat16)
+    bits = x.view(torch.int32).view(-1)
+    if noise.numel() == bits.numel():
+        bits.add_(noise.reshape(-1))
+    else:
+        width = noise.numel()
+        whole = bits.numel() // width * width
+        bits[:whole].view(-1, width).add_(noise)
+        bits[whole:].add_(noise[: bits.numel() - whole])
+    bits.bitwise_and_(-65536)  # -65536 == 0xFFFF0000 as int32: the bits bfloat16 keeps
+    return x.to(torch.bfloat16)
 
 
 def _store_momentum_(m: Tensor, new_m: Tensor, noise: Tensor | None) -> None:
-    """Write the float32 ``new_m`` into the state ``m`` (float32: as is; bfloat16: stochastic rounding if ``noise``)."""
-    if m.dtype == torch.float32:
-        m.copy_(new_m)
-    elif noise is not None:
-        m.copy_(stochastic_round_to_bfloat16(new_m, noise))
+    """Write the float32 ``new_m`` into the state ``m`` (float32: as is; bfloat16: stochastic rounding if ``noise``,
+    which overwrites ``new_m``)."""
+    if m.dtype == torch.float32 or noise is None:
+        m.copy_(new_m)  # (bfloat16 without noise: round to nearest, which stalls; kept only to show the problem)
     else:
-        m.copy_(new_m)  # round to nearest: stalls (kept only to show the problem)
+        m.copy_(stochastic_round_to_bfloat16(new_m, noise))
 
 
 def tbso_flip_threshold(threshold: Tensor | float, v_t: Tensor, eps: Tensor | float, outside: bool) -> Tensor:
@@ -129,6 +135,96 @@ def _tbso_tensors(ws, shapes, gs, ms, vs, time_step, flips, skips, noises, one_m
                      eps, outside)
 
 
+# --------------------------------------------------------------------------- eager implementation
+#
+# The same math as above with every temporary written into one reused float32 buffer (``out=``), so a step
+# allocates nothing tensor-sized: fresh allocations cost page faults that dominate on CPU.
+
+_MAGIC_PACK = sum(1 << (63 - 9 * k) for k in range(8)) - (1 << 64)  # 8 bytes of 0/1 -> one MSB-first byte
+_workspaces: dict[torch.device, dict[str, Tensor]] = {}
+
+
+def _workspace(device: torch.device, numel: int) -> dict[str, Tensor]:
+    """Reused buffers for tensors of up to ``numel`` entries: ``f32`` [numel] and ``u8`` [ceil8(numel)]."""
+    ws = _workspaces.get(device)
+    if ws is None or ws["f32"].numel() < numel:
+        padded = (numel + 7) // 8 * 8
+        ws = _workspaces[device] = {"f32": torch.empty(numel, dtype=torch.float32, device=device),
+                                    "m32": torch.empty(numel, dtype=torch.float32, device=device),
+                                    "u8": torch.zeros(padded, dtype=torch.uint8, device=device)}
+    return ws
+
+
+def _eager_pack_(bytes01: Tensor) -> Tensor:
+    """Pack a uint8 tensor of 0/1 (length a multiple of 8) MSB first: one multiply per 8 entries."""
+    words = bytes01.view(torch.int64)
+    return (torch.bitwise_right_shift(words * _MAGIC_PACK, 56) & 255).to(torch.uint8)
+
+
+def _eager_update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, one_minus_beta: Tensor,
+                           limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None, last_flips: Tensor,
+                           nonfinite_steps: Tensor) -> None:
+    """:func:`_update_and_flip` written into reused buffers (same results)."""
+    n = g.numel()
+    ws = _workspace(g.device, n)
+    s = ws["f32"][:n].view(g.shape)
+    torch.nan_to_num(g, 0.0, 0.0, 0.0, out=s)
+    weight = ok.to(torch.float32) * one_minus_beta
+    if m.dtype == torch.float32:
+        m.lerp_(s, weight)  # Eq. 11 / 13
+        new_m = m
+    else:
+        new_m = ws["m32"][:n].view(g.shape).copy_(m).lerp_(s, weight)
+    limit_if_ok = torch.where(ok, limit, torch.inf)
+    if shape is None:
+        torch.mul(w, new_m, out=s)
+        torch.gt(s, limit_if_ok, out=s)  # 1.0 where W·M > limit (Eq. 12 / 14)
+        w.addcmul_(w, s, value=-2.0)  # W <- -W there (never sign(0))
+    else:
+        signs = ws["f32"][:n]
+        if n % 8 == 0:
+            torch.index_select(_sign_table(w.device, torch.float32), 0, w.to(torch.int32), out=signs.view(-1, 8))
+        else:
+            signs.copy_(unpack_signs(w, (n,), torch.float32))
+        torch.mul(signs, new_m.reshape(-1), out=signs)
+        torch.gt(signs, limit_if_ok, out=signs)  # 1.0 where W·M > limit (Eq. 12 / 14)
+        u8 = ws["u8"]
+        padded = (n + 7) // 8 * 8
+        u8[:n].copy_(signs)
+        u8[n:padded].zero_()
+        w.bitwise_xor_(_eager_pack_(u8[:padded]))  # W <- -W there: one XOR per 8 weights
+        s = signs.view(g.shape)
+    flips = s.sum(dtype=torch.float64 if n >= 2**24 else torch.float32)
+    if reset:
+        new_m.addcmul_(new_m, s, value=-1.0)  # M <- 0 where flipped
+    if new_m is not m:
+        _store_momentum_(m, new_m, noise)
+    last_flips.copy_(flips)
+    nonfinite_steps.add_((~ok).to(torch.int64))
+
+
+def _eager_bso_tensors(ws, shapes, gs, ms, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
+    for w, shape, g, m, f, sk, noise in zip(ws, shapes, gs, ms, flips, skips, noises):
+        g = g.to(torch.float32)
+        flat = g.reshape(-1)
+        ok = torch.isfinite(torch.dot(flat, flat))
+        _eager_update_and_flip(w, shape, g, m, one_minus_beta, threshold, ok, reset, noise, f, sk)
+
+
+def _eager_tbso_tensors(ws, shapes, gs, ms, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
+                        one_minus_beta2, threshold, eps, outside) -> None:
+    t = int(time_step)  # (a host int here: the eager path never syncs on it)
+    for w, shape, g, m, v, f, sk, noise in zip(ws, shapes, gs, ms, vs, flips, skips, noises):
+        g = g.to(torch.float32)
+        flat = g.reshape(-1)
+        v_t = v[t]
+        new_v_t = v_t * beta2 + torch.dot(flat, flat) * (one_minus_beta2 / flat.numel())
+        ok = torch.isfinite(new_v_t)
+        v_t.copy_(torch.where(ok, new_v_t, v_t))
+        limit = tbso_flip_threshold(threshold, v_t, eps, outside)
+        _eager_update_and_flip(w, shape, g, m, one_minus_beta1, limit, ok, False, noise, f, sk)
+
+
 # --------------------------------------------------------------------------- compiled implementation
 
 #: Compiled variants (list lengths, dtypes, shapes, devices, options) one process may hold; past this, dynamo
@@ -175,7 +271,7 @@ def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Te
     device = grads[0].device
     data, shapes = _storage(weights)
     noises = list(rounding_noise) if rounding_noise is not None else [None] * len(data)
-    impl = _compiled_fn("bso") if fused else _bso_tensors
+    impl = _compiled_fn("bso") if fused else _eager_bso_tensors
     impl(data, shapes, list(grads), list(momenta), list(last_flips), list(nonfinite_steps), noises,
          _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
 
@@ -192,8 +288,9 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
     device = grads[0].device
     data, shapes = _storage(weights)
     noises = list(rounding_noise) if rounding_noise is not None else [None] * len(data)
-    impl = _compiled_fn("tbso") if fused else _tbso_tensors
-    impl(data, shapes, list(grads), list(momenta), list(vs), torch.tensor([time_step], device=device),
+    impl = _compiled_fn("tbso") if fused else _eager_tbso_tensors
+    impl(data, shapes, list(grads), list(momenta), list(vs),
+         torch.tensor([time_step], device=device) if fused else time_step,
          list(last_flips), list(nonfinite_steps), noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device),
          _scalar(1.0 - betas[1], device), _scalar(threshold, device), _scalar(eps, device),
          eps_placement == "outside")
