@@ -1,4 +1,4 @@
-"""LightningDataModules for the datasets of the BSO paper and the embedded digits task."""
+"""LightningDataModules: the BSO paper's datasets, DVS128 Gesture and SHD, and the embedded digits task (docs/datasets.md)."""
 
 from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
