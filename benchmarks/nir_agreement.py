@@ -52,8 +52,8 @@ def compare(task, x, y, batchnorm: str, folder: Path) -> dict[str, dict[str, flo
     """Export ``task`` to NIR, read it back, run it in each consumer; agreement with our outputs."""
     import torch
 
-    from bso_lightning.interop.nir import (agreement, export_nir, import_nir, read_nir, run_sequence,
-                                           snntorch_outputs, write_nir)
+    from bso_lightning.interop.consumers import agreement, run_sequence, snntorch_outputs
+    from bso_lightning.interop.nir import export_nir, import_nir, read_nir, write_nir
 
     T = task.hparams.time_steps
     path = folder / f"model_{batchnorm}.nir"

@@ -23,8 +23,6 @@ resets to zero (measured by ``benchmarks/nir_agreement.py``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +37,8 @@ from bso_lightning.atomic import PathLike, atomic_file
 from bso_lightning.nn import BinaryConv2d, OnlineConv2d, OnlineLinear, OnlineLIFNode, SpikeTraceMap
 from bso_lightning.nn.layers import BinaryLayer
 
-__all__ = ["DEFAULT_DT", "NIRExportError", "export_nir", "import_nir", "write_nir", "read_nir"]
+__all__ = ["DEFAULT_DT", "NIRExportError", "export_checkpoint_nir", "export_nir", "import_nir", "read_nir",
+           "write_nir"]
 
 DEFAULT_DT = 1e-4
 """Seconds per time step written into the graph; our steps have no physical duration. 0.1 ms is the step
@@ -335,19 +334,6 @@ def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-def run_sequence(network: nn.Module, x: Tensor, time_steps: int) -> Tensor:
-    """Mean output over ``time_steps`` of one of our networks (neurons reset before and after), like
-    ``OnlineClassifier.forward``; ``x`` is ``[B, C, H, W]`` (static) or ``[B, T, C, H, W]``."""
-    from spikingjelly.activation_based import functional
-
-    from bso_lightning.tasks.batch import input_at_time_step
-
-    functional.reset_net(network)
-    total = sum(network(input_at_time_step(x, t)) for t in range(time_steps))
-    functional.reset_net(network)
-    return total / time_steps
-
-
 def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequence[int],
                           dt: float = DEFAULT_DT, batchnorm: BatchNormMode = "separate") -> int:
     """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size."""
@@ -369,51 +355,3 @@ def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequ
         raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
     graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"))
     return write_nir(graph, out)
-
-
-# ------------------------------------------------------------------------ running in another library
-
-
-def snntorch_outputs(graph: Union[nir.NIRGraph, PathLike], x: Tensor, time_steps: int,
-                     reset: Literal["nir", "subtract"] = "nir") -> Tensor:
-    """Mean output over ``time_steps`` of ``graph`` run by snntorch's NIR importer (``pip install '.[nir]'``).
-
-    ``x``: ``[N, C, H, W]`` (static, shown at every step) or ``[N, T, C, H, W]``. snntorch maps NIR's
-    ``Flatten(start_dim=0)`` to ``torch.nn.Flatten(0, -1)``, which would merge a batch dimension, so the
-    samples run one at a time, unbatched, as NIR's shapes are. ``reset="nir"`` runs what the importer
-    builds (``snn.Leaky(reset_mechanism="zero")``: NIR's reset to v_reset); ``"subtract"`` switches those
-    neurons to snntorch's own reset by subtraction, the dynamics the graph's ``metadata["reset"]`` states.
-    """
-    import snntorch
-    from snntorch.import_nir import import_from_nir
-
-    if reset not in ("nir", "subtract"):
-        raise ValueError(f"reset must be 'nir' or 'subtract', got {reset!r}")
-    if not isinstance(graph, nir.NIRGraph):
-        graph = read_nir(graph)
-    with contextlib.redirect_stdout(io.StringIO()):  # the importer prints progress notes
-        net = import_from_nir(graph)
-    neurons = [m for m in net.modules() if isinstance(m, snntorch.Leaky)]
-    if reset == "subtract":
-        for neuron in neurons:
-            neuron.reset_mechanism = "subtract"
-    from bso_lightning.tasks.batch import input_at_time_step
-
-    outs = []
-    with torch.no_grad():
-        for sample in x:
-            for neuron in neurons:
-                neuron.mem = torch.zeros(0)  # re-initialised to the input's shape at the first step
-            state, total = None, 0.0
-            for t in range(time_steps):
-                out, state = net(input_at_time_step(sample.unsqueeze(0), t)[0], state)
-                total = total + out
-            outs.append(total / time_steps)
-    return torch.stack(outs)
-
-
-def agreement(ours: Tensor, theirs: Tensor) -> dict[str, float]:
-    """Prediction agreement (fraction of equal arg-max) and output differences of two ``[N, classes]`` tensors."""
-    diff = (ours - theirs).abs()
-    return {"agreement": float((ours.argmax(1) == theirs.argmax(1)).float().mean()),
-            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}

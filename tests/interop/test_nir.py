@@ -16,8 +16,8 @@ import nir  # the [nir] extra (pip install -e '.[dev,nir]'), installed by .ci/ru
 import snntorch
 
 from bso_lightning.export_nir import main
-from bso_lightning.interop.nir import (DEFAULT_DT, NIRExportError, export_nir, import_nir, read_nir, run_sequence,
-                                       write_nir)
+from bso_lightning.interop.consumers import run_sequence
+from bso_lightning.interop.nir import DEFAULT_DT, NIRExportError, export_nir, import_nir, read_nir, write_nir
 from bso_lightning.models import resnet18, vgg11
 from bso_lightning.nn import OnlineLIFNode
 
