@@ -29,6 +29,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -44,8 +45,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bso_lightning.models import ModelSpec, build_model, model_size_bytes
+from bso_lightning.models import ARCHITECTURES, ModelSpec, build_model, model_size_bytes
 from bso_lightning.nn.routing import split_parameters
+from bso_lightning.tasks.faults import read_checkpoint
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
            "model_spec_from_hparams", "main"]
@@ -101,13 +103,11 @@ def _encode(name: str, tensor: Tensor, binary: bool) -> tuple[dict[str, Any], by
     t = tensor.detach().cpu()
     entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     if binary:
-        bad = (t != 1) & (t != -1)
-        if bool(bad.any()):
-            example = t[bad].flatten()[0].item()
-            raise ValueError(f"binary tensor {name!r} holds values other than ±1 (e.g. {example!r}); "
-                             "only exactly ±1 weights can be packed at 1 bit")
         entry["kind"] = "binary"
-        return entry, np.packbits((t > 0).flatten().numpy()).tobytes()
+        return entry, _pack_binary(name, t)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"tensor {name!r} holds NaN/Inf ({int((~torch.isfinite(t)).sum())} of {t.numel()} values): "
+                         "a model with a non-finite state is not exported")
     if t.dtype in _FLOAT_KINDS:
         entry["kind"] = "float32"
         return entry, t.to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
@@ -173,29 +173,197 @@ def _check_rebuildable(arch: str, kwargs: dict[str, Any], state: Mapping[str, Te
 
 # --------------------------------------------------------------------------- load
 
+#: dtype names a header may use (never ``getattr(torch, name)`` on a string from a file).
+_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+    "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+_KINDS = ("binary", "float32", "int", "bool", "raw")
+_HEADER_KEYS = {"arch", "kwargs", "tensors", "payload_bytes"}
+_ENTRY_KEYS = {"name", "shape", "dtype", "kind", "nbytes"}
+MAX_HEADER_BYTES = 16 * 2**20
+#: Bounds of a factory argument read from a header: integers, finite floats, short strings, short lists.
+MAX_KWARG_INT, MAX_KWARG_STR, MAX_KWARG_LIST = 1_000_000, 64, 64
+MAX_DIM, MAX_NDIM = 2**31 - 1, 8
+
+
+def _fail(path: PathLike, field: str, problem: str) -> PackedModelError:
+    return PackedModelError(f"{path}: {field}: {problem}")
+
 
 def _read(path: PathLike) -> tuple[dict[str, Any], bytes]:
+    """The header (every field checked against the payload by :func:`_check_header`) and the payload."""
     path = Path(path)
-    blob = path.read_bytes()
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise PackedModelError(f"{path}: cannot be read ({exc})") from exc
     fixed = len(MAGIC) + _LENGTH.size
     if len(blob) < fixed or blob[: len(MAGIC)] != MAGIC:
-        raise PackedModelError(f"{path}: not a packed BSO model (bad magic; expected {MAGIC!r})")
+        raise _fail(path, "magic", f"not a packed BSO model (the file does not start with {MAGIC!r})")
     (header_len,) = _LENGTH.unpack_from(blob, len(MAGIC))
-    if fixed + header_len + _LENGTH.size > len(blob):
-        raise PackedModelError(f"{path}: truncated file ({len(blob)} bytes; the header alone needs {header_len})")
+    if header_len > MAX_HEADER_BYTES or fixed + header_len + _LENGTH.size > len(blob):
+        raise _fail(path, "header length", f"{header_len} bytes, but the file holds {len(blob)} bytes "
+                                           f"(truncated, or not a packed model; at most {MAX_HEADER_BYTES})")
     body = blob[fixed:-_LENGTH.size]
-    try:
-        header = json.loads(body[:header_len].decode("utf-8"))
-        payload_bytes = int(header["payload_bytes"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise PackedModelError(f"{path}: corrupt header ({exc})") from exc
-    if header_len + payload_bytes != len(body):
-        raise PackedModelError(f"{path}: truncated or padded file: {len(blob)} bytes, the header announces "
-                               f"{fixed + header_len + payload_bytes + _LENGTH.size}")
     (crc,) = _LENGTH.unpack_from(blob, len(blob) - _LENGTH.size)
     if zlib.crc32(body) != crc:
-        raise PackedModelError(f"{path}: checksum mismatch (the file is corrupt)")
-    return header, body[header_len:]
+        raise _fail(path, "checksum", "CRC-32 mismatch (the file is corrupt or truncated)")
+    try:
+        header = json.loads(body[:header_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _fail(path, "header", f"not valid UTF-8 JSON ({exc})") from exc
+    payload = body[header_len:]
+    _check_header(path, header, len(payload))
+    return header, payload
+
+
+def _check_kwarg(path: PathLike, field: str, value: Any, depth: int = 0) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not -MAX_KWARG_INT <= value <= MAX_KWARG_INT:
+            raise _fail(path, field, f"{value} is out of range [-{MAX_KWARG_INT}, {MAX_KWARG_INT}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _fail(path, field, f"{value} is not finite")
+    elif isinstance(value, str):
+        if len(value) > MAX_KWARG_STR:
+            raise _fail(path, field, f"a string of {len(value)} characters (at most {MAX_KWARG_STR})")
+    elif isinstance(value, list) and depth == 0:
+        if len(value) > MAX_KWARG_LIST:
+            raise _fail(path, field, f"a list of {len(value)} items (at most {MAX_KWARG_LIST})")
+        for i, item in enumerate(value):
+            _check_kwarg(path, f"{field}[{i}]", item, depth + 1)
+    else:
+        raise _fail(path, field, f"{type(value).__name__} is not a plain factory argument (bool, int, float, "
+                                 "str, None or a flat list of those)")
+
+
+def _check_spec(path: PathLike, arch: Any, kwargs: Any) -> None:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise _fail(path, "header.arch", f"{arch!r} is not one of {sorted(ARCHITECTURES)}")
+    if not isinstance(kwargs, dict):
+        raise _fail(path, "header.kwargs", f"must be an object, got {type(kwargs).__name__}")
+    parameters = inspect.signature(ARCHITECTURES[arch]).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for key, value in kwargs.items():
+        if not takes_any and key not in parameters:
+            raise _fail(path, f"header.kwargs.{key}", f"{arch} takes no argument {key!r} "
+                                                     f"(it takes {', '.join(parameters)})")
+        _check_kwarg(path, f"header.kwargs.{key}", value)
+        default = parameters[key].default if key in parameters else None
+        expected = type(default) if isinstance(default, (bool, int, float, str)) else None
+        if expected is not None and value is not None and not (
+                type(value) is expected or (expected is float and type(value) is int)):
+            raise _fail(path, f"header.kwargs.{key}", f"{value!r} is a {type(value).__name__}, {arch} takes a "
+                                                     f"{expected.__name__} (default {default!r})")
+
+
+def _entry_nbytes(entry: Mapping[str, Any], numel: int) -> int:
+    """The payload size an entry's kind, dtype and shape imply."""
+    kind = entry["kind"]
+    if kind == "binary":
+        return (numel + 7) // 8
+    if kind == "float32":
+        return 4 * numel
+    if kind == "raw":
+        return numel * _DTYPES[entry["dtype"]].itemsize
+    return 0  # int, bool: the value is in the header
+
+
+def _check_entry(path: PathLike, i: int, entry: Any) -> int:
+    """Check one ``tensors`` entry on its own; returns its payload size."""
+    where = f"header.tensors[{i}]"
+    if not isinstance(entry, dict):
+        raise _fail(path, where, f"must be an object, got {type(entry).__name__}")
+    keys = set(entry)
+    required = _ENTRY_KEYS | ({"value"} if isinstance(entry.get("kind"), str) and entry["kind"] in ("int", "bool")
+                              else set())
+    if keys != required:
+        raise _fail(path, where, f"keys {sorted(keys)}, expected {sorted(required)}")
+    if not isinstance(entry["name"], str) or not entry["name"]:
+        raise _fail(path, f"{where}.name", f"must be a non-empty string, got {entry['name']!r}")
+    where = f"header.tensors[{i}] ({entry['name']})"
+    shape = entry["shape"]
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)):
+        raise _fail(path, f"{where}.shape", f"{shape!r} is not a list of at most {MAX_NDIM} sizes in [0, {MAX_DIM}]")
+    if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
+        raise _fail(path, f"{where}.dtype", f"{entry['dtype']!r} is not one of {sorted(_DTYPES)}")
+    dtype, kind = _DTYPES[entry["dtype"]], entry["kind"]
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise _fail(path, f"{where}.kind", f"{kind!r} is not one of {list(_KINDS)}")
+    numel = math.prod(shape)
+    if kind in ("binary", "float32") and not dtype.is_floating_point:
+        raise _fail(path, f"{where}.dtype", f"a {kind} tensor must have a floating-point dtype, got {entry['dtype']}")
+    if kind in ("int", "bool"):
+        value = entry["value"]
+        if numel != 1:
+            raise _fail(path, f"{where}.shape", f"an {kind} entry holds one value, shape {shape} has {numel}")
+        if kind == "bool" and (dtype is not torch.bool or not isinstance(value, bool)):
+            raise _fail(path, f"{where}.value", f"a bool entry needs dtype bool and a true/false value, got "
+                                                f"{entry['dtype']} {value!r}")
+        if kind == "int":
+            if dtype.is_floating_point or dtype is torch.bool or isinstance(value, bool) or not isinstance(value, int):
+                raise _fail(path, f"{where}.value", f"an int entry needs an integer dtype and value, got "
+                                                    f"{entry['dtype']} {value!r}")
+            info = torch.iinfo(dtype)
+            if not info.min <= value <= info.max:
+                raise _fail(path, f"{where}.value", f"{value} does not fit {entry['dtype']}")
+    nbytes = entry["nbytes"]
+    expected = _entry_nbytes(entry, numel)
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:
+        raise _fail(path, f"{where}.nbytes", f"{nbytes!r}, but a {kind} tensor of shape {shape} and dtype "
+                                             f"{entry['dtype']} takes {expected} bytes")
+    return nbytes
+
+
+def _check_header(path: PathLike, header: Any, payload_len: int) -> None:
+    """Every header field, against the payload and the model the header names (built on the meta device: no
+    memory is allocated and nothing is loaded before this passes)."""
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        got = sorted(header) if isinstance(header, dict) else type(header).__name__
+        raise _fail(path, "header", f"keys {got}, expected {sorted(_HEADER_KEYS)}")
+    payload_bytes = header["payload_bytes"]
+    if not isinstance(payload_bytes, int) or isinstance(payload_bytes, bool) or payload_bytes != payload_len:
+        raise _fail(path, "header.payload_bytes", f"{payload_bytes!r}, but the file holds {payload_len} payload bytes "
+                                                  "(truncated or padded)")
+    _check_spec(path, header["arch"], header["kwargs"])
+    tensors = header["tensors"]
+    if not isinstance(tensors, list):
+        raise _fail(path, "header.tensors", f"must be a list, got {type(tensors).__name__}")
+    total = sum(_check_entry(path, i, entry) for i, entry in enumerate(tensors))
+    if total != payload_len:
+        raise _fail(path, "header.tensors", f"the entries' nbytes add up to {total}, the payload holds {payload_len}")
+    try:
+        with torch.device("meta"):
+            reference = build_model(header["arch"], **header["kwargs"])
+    except Exception as exc:  # noqa: BLE001 - a factory rejects its arguments in many ways
+        raise _fail(path, "header.kwargs", f"build_model({header['arch']!r}, **{header['kwargs']}) fails: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+    expected = reference.state_dict()
+    binary = {id(p) for p in split_parameters(reference).binary}
+    binary_names = {name for name, p in reference.named_parameters() if id(p) in binary}
+    names = [entry["name"] for entry in tensors]
+    if names != list(expected):
+        missing = [n for n in expected if n not in names][:3]
+        extra = [n for n in names if n not in expected][:3]
+        raise _fail(path, "header.tensors", f"the names do not match the tensors of {header['arch']}"
+                                            f"(**{header['kwargs']}) (missing {missing}, unexpected {extra}, "
+                                            "or another order)")
+    for i, entry in enumerate(tensors):
+        name, ref = entry["name"], expected[entry["name"]]
+        where = f"header.tensors[{i}] ({name})"
+        if tuple(entry["shape"]) != tuple(ref.shape):
+            raise _fail(path, f"{where}.shape", f"{entry['shape']}, but {header['arch']}(**{header['kwargs']}) "
+                                                f"has {list(ref.shape)}")
+        if _DTYPES[entry["dtype"]] != ref.dtype:
+            raise _fail(path, f"{where}.dtype", f"{entry['dtype']}, but the model has {str(ref.dtype)[6:]}")
+        if (entry["kind"] == "binary") != (name in binary_names):
+            raise _fail(path, f"{where}.kind", f"{entry['kind']!r}, but {name} is "
+                                               f"{'a' if name in binary_names else 'not a'} binary weight")
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
@@ -203,37 +371,65 @@ def read_header(path: PathLike) -> dict[str, Any]:
     return _read(path)[0]
 
 
-def _decode(entry: Mapping[str, Any], data: bytes) -> Tensor:
-    shape = tuple(entry["shape"])
+def _pack_binary(name: str, tensor: Tensor) -> bytes:
+    """One binary weight (exactly ±1) at 1 bit each: ``numpy.packbits`` over the C-order flattening, bit 1 for
+    +1, most significant bit first, the last byte zero-padded."""
+    t = tensor.detach().cpu()
+    bad = (t != 1) & (t != -1)
+    if bool(bad.any()):
+        example = t[bad].flatten()[0].item()
+        raise ValueError(f"binary tensor {name!r} holds values other than ±1 (e.g. {example!r}); "
+                         "only exactly ±1 weights can be packed at 1 bit")
+    return np.packbits((t > 0).flatten().numpy()).tobytes()
+
+
+def _unpack_binary(data: bytes, shape: tuple[int, ...], dtype: torch.dtype) -> Optional[Tensor]:
+    """Inverse of :func:`_pack_binary`; ``None`` if the padding bits of the last byte are not zero."""
     numel = math.prod(shape)
-    dtype = getattr(torch, entry["dtype"])
-    kind = entry["kind"]
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits[numel:].any():
+        return None
+    return torch.from_numpy(bits[:numel].astype(np.float32) * 2 - 1).reshape(shape).to(dtype)
+
+
+def _decode(path: PathLike, i: int, entry: Mapping[str, Any], data: bytes) -> Tensor:
+    """One tensor of a checked entry (its size matches ``data``)."""
+    shape, dtype, kind = tuple(entry["shape"]), _DTYPES[entry["dtype"]], entry["kind"]
+    where = f"tensors[{i}] ({entry['name']})"
     if kind == "binary":
-        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=numel)
-        return torch.from_numpy(bits.astype(np.float32) * 2 - 1).reshape(shape).to(dtype)
-    if kind == "float32":
-        return torch.from_numpy(np.frombuffer(data, dtype="<f4").copy()).reshape(shape).to(dtype)
+        tensor = _unpack_binary(data, shape, dtype)
+        if tensor is None:
+            raise _fail(path, where, "the padding bits after the last weight are not zero (corrupt payload)")
+        return tensor
     if kind in ("int", "bool"):
         return torch.full(shape, entry["value"], dtype=dtype)
-    if kind == "raw":
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()
-    raise ValueError(f"unknown tensor kind {kind!r}")
+    if kind == "float32":
+        tensor = torch.from_numpy(np.frombuffer(data, dtype="<f4").copy()).reshape(shape).to(dtype)
+    else:
+        tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise _fail(path, where, f"holds non-finite values ({int((~torch.isfinite(tensor)).sum())} NaN/Inf)")
+    return tensor
 
 
 def load_packed(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
-    """Rebuild the model saved by :func:`export_packed` and load its tensors; returned in eval mode."""
+    """Rebuild the model saved by :func:`export_packed` and load its tensors; returned in eval mode.
+
+    Every header field is checked against the payload and the named architecture before anything is allocated
+    or built; any malformed file raises :class:`PackedModelError` naming the file and the field.
+    """
     header, payload = _read(path)
     tensors: dict[str, Tensor] = {}
     offset = 0
+    for i, entry in enumerate(header["tensors"]):
+        nbytes = entry["nbytes"]
+        tensors[entry["name"]] = _decode(path, i, entry, payload[offset:offset + nbytes])
+        offset += nbytes
     try:
-        for entry in header["tensors"]:
-            nbytes = int(entry["nbytes"])
-            tensors[entry["name"]] = _decode(entry, payload[offset:offset + nbytes])
-            offset += nbytes
         model = build_model(header["arch"], **header["kwargs"])
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
-        raise PackedModelError(f"{path}: cannot rebuild the model from the file: {exc}") from exc
+    except (ValueError, TypeError, RuntimeError) as exc:  # not expected after the checks; still named
+        raise _fail(path, "tensors", f"cannot rebuild the model from the file: {exc}") from exc
     return model.to(map_location).eval()
 
 
@@ -243,12 +439,7 @@ def load_packed(path: PathLike, map_location: Union[str, torch.device] = "cpu") 
 def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
     """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size."""
     checkpoint = Path(checkpoint)
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise ValueError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    ckpt = read_checkpoint(checkpoint)  # weights_only=True: CheckpointError (a ValueError) naming the file
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
         raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch "

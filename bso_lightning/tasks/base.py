@@ -20,8 +20,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
-from bso_lightning.tasks.faults import check_compatible
+from bso_lightning.tasks.faults import check_compatible, check_state_dict_fits
 from bso_lightning.tasks.loss import online_loss
+from bso_lightning.tasks.state_guard import StateGuard, check_loaded_state, guarded_tensors
 from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,27 @@ class TimeSteppedClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also save :meth:`_checkpoint_extras` (the epoch's running training accuracy, ...): exact mid-epoch resume."""
+        """Also save :meth:`_checkpoint_extras` (the epoch's running training accuracy, ...): exact mid-epoch resume.
+        Refuses to save a non-finite state (:mod:`bso_lightning.tasks.state_guard`)."""
+        self._state_guard().check(f"saving a checkpoint at {self._where()}", saving=True)
         checkpoint[CHECKPOINT_EXTRAS_KEY] = self._checkpoint_extras()
+
+    def _state_guard(self) -> StateGuard:
+        return StateGuard(guarded_tensors(self.model, self._exactly_binary_weights(), prefix="model."))
+
+    def _exactly_binary_weights(self) -> list[Tensor]:
+        """Weights that are ±1 by construction (not scanned for NaN/Inf); the online classifier's binary ones."""
+        return []
+
+    def _where(self) -> str:
+        if self._trainer is None:
+            return "no trainer"
+        return f"epoch {self.current_epoch} (global_step {self.trainer.global_step})"
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Stop the run if the trained state became NaN/Inf (one fused check and one host sync per batch)."""
+        self._state_guard().check(f"after batch {batch_idx} of epoch {self.current_epoch} "
+                                  f"(global_step {self.trainer.global_step})", self.trainer.strategy)
 
     def _checkpoint_extras(self) -> dict[str, Any]:
         return {"epoch": self.current_epoch,
@@ -166,9 +186,13 @@ class TimeSteppedClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture (naming the file); restore what ``on_save_checkpoint`` added."""
         saved = checkpoint.get("hyper_parameters")
+        path = (self._trainer.ckpt_path if self._trainer is not None else None) or "<checkpoint>"
         if isinstance(saved, Mapping):
-            path = self._trainer.ckpt_path if self._trainer is not None else None
-            check_compatible(saved, self.hparams, path or "<checkpoint>")
+            check_compatible(saved, self.hparams, path)
+        state = checkpoint.get("state_dict", {})
+        if self.strict_loading:
+            check_state_dict_fits(state, self.state_dict(), path)
+        check_loaded_state(state, path)
         extras = checkpoint.get(CHECKPOINT_EXTRAS_KEY, {})
         self._resumed_train_acc = (extras.get("epoch"), extras.get("train_acc", {}))
         self._restore_checkpoint_extras(extras)

@@ -13,7 +13,6 @@ hyper-parameter schedules advance once per epoch (or per batch, with ``schedule_
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
@@ -30,9 +29,10 @@ from bso_lightning.optim.checks import check_betas, check_decay, check_eps, chec
 from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
 from bso_lightning.tasks.batch import check_time_steps
 from bso_lightning.tasks.faults import (
-    CheckpointError, NonFiniteError, NonFiniteWarning, all_finite, check_checkpoint,
-    describe_nonfinite, nonfinite_gradients, step_if,
+    CheckpointError, NonFiniteError, all_finite, check_binary_weights, check_compatible, describe_nonfinite,
+    nonfinite_gradients, read_checkpoint, report_skipped_batches, step_if,
 )
+from bso_lightning.tasks.state_guard import check_loaded_state
 
 OPTIMIZERS = ("bso", "tbso")
 EPS_PLACEMENTS = ("inside", "outside")
@@ -82,11 +82,17 @@ class OnlineClassifier(TimeSteppedClassifier):
         bn_recalibration_batches: before every validation/test/predict epoch, re-estimate BatchNorm
             statistics over this many training batches with the current weights (0 disables it).
         nonfinite: what NaN/Inf does (see ``bso_lightning.tasks.faults``). ``"skip"``: a batch whose input is
-            not finite is dropped with a warning (one host sync per batch for that check); a non-finite gradient
-            changes nothing (BSO/T-BSO skip that tensor, the SGD step is undone on the device); both are counted
+            not finite is dropped (one host sync per batch for that check; one summary warning per epoch); a
+            non-finite gradient changes nothing (BSO/T-BSO skip that tensor, the SGD step is undone on the
+            device); both are counted
             and logged as ``faults/nonfinite_inputs`` (batches) and ``faults/nonfinite_grads`` (skipped updates:
             one per binary tensor and time step, plus one per full-precision step). ``"raise"``: stop with
             ``NonFiniteError`` naming the batch, the time step and the culprit (one host sync per time step).
+            A NaN/Inf in the trained state itself (parameters, BatchNorm statistics) always stops the run
+            (``bso_lightning.tasks.state_guard``).
+        max_skipped_fraction: with ``nonfinite="skip"``, an epoch that drops more than this fraction of its
+            training batches (all of them, always) stops with ``NonFiniteError``; each epoch that dropped any
+            logs one summary warning (how many, which).
         pretrained: a Lightning checkpoint whose model weights (binary ones included) initialise this model —
             only the weights: epochs, optimizer state and schedules start afresh (ImageNet: pre-train with
             T = 1, then fine-tune with T = 4–6 from those weights). The architecture must match.
@@ -125,6 +131,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
         nonfinite: Literal["skip", "raise"] = "skip",
+        max_skipped_fraction: float = 0.5,
         pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -134,6 +141,8 @@ class OnlineClassifier(TimeSteppedClassifier):
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
         check_choice("nonfinite", nonfinite, NONFINITE)
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction!r}")
         check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
         check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         if not isinstance(schedule_offset, int) or isinstance(schedule_offset, bool) or schedule_offset < 0:
@@ -152,11 +161,16 @@ class OnlineClassifier(TimeSteppedClassifier):
         self._make_metrics(num_classes)
         # [input batches skipped, full-precision steps skipped] for non-finite values; saved in checkpoints
         self.register_buffer("_fault_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self._epoch_skips: list[str] = []  # this epoch's batches dropped for NaN/Inf inputs (one summary per epoch)
+        self._epoch_batches = 0
 
     def _load_pretrained_weights(self, path: str) -> None:
-        check_checkpoint(path, self.hparams)  # names the file if it is missing, truncated or of another architecture
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        # weights_only=True; names the file if it is missing, truncated, unsafe, of another architecture or not finite
+        checkpoint = read_checkpoint(path)
+        if isinstance(checkpoint.get("hyper_parameters"), Mapping):
+            check_compatible(checkpoint["hyper_parameters"], self.hparams, path)
+        weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        check_loaded_state(weights, path)
         try:
             self.model.load_state_dict(weights, strict=True)
         except RuntimeError as error:
@@ -203,12 +217,14 @@ class OnlineClassifier(TimeSteppedClassifier):
         if self._skip_nonfinite_input(x, batch_idx):
             self._log_faults(binary_opt, len(y))
             self._advance_schedules()
+            self._end_of_batch_faults()
             return None
         output_sum, loss_sum = self._online_time_loop(
             x, y, lambda time_step: self._optimizer_step(binary_opt, fp_opt, time_step, batch_idx))
         self._log_train(output_sum, loss_sum, y)
         self._log_faults(binary_opt, len(y))
         self._advance_schedules()
+        self._end_of_batch_faults()
         return loss_sum
 
     def _schedule_intervals(self) -> tuple[str, ...]:
@@ -225,9 +241,29 @@ class OnlineClassifier(TimeSteppedClassifier):
         where = f"batch {batch_idx} of epoch {self.current_epoch}"
         if self.hparams.nonfinite == "raise":
             raise NonFiniteError(f"{where}: {what} (nonfinite='raise'; nonfinite='skip' drops such batches)")
-        warnings.warn(f"{where} skipped: {what} (nonfinite='skip')", NonFiniteWarning, stacklevel=2)
+        self._epoch_skips.append(f"batch {batch_idx}: {what}")  # summarised once per epoch
         self._fault_counts[0] += 1
         return True
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_skips: list[str] = []
+        self._epoch_batches = 0
+
+    def _end_of_batch_faults(self) -> None:
+        """Count the batch; after the epoch's last one, summarise (or refuse) the batches it dropped."""
+        self._epoch_batches += 1
+        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._report_skipped_batches()
+
+    def _report_skipped_batches(self) -> None:
+        skipped, seen = self._epoch_skips, self._epoch_batches
+        self._epoch_skips, self._epoch_batches = [], 0
+        report_skipped_batches(self.current_epoch, skipped, seen, self.hparams.max_skipped_fraction)
+
+    def on_train_end(self) -> None:
+        """An epoch cut short (``max_steps``) still gets its summary."""
+        if getattr(self, "_epoch_skips", None):
+            self._report_skipped_batches()
 
     def _optimizer_step(self, binary_opt, fp_opt, time_step: int, batch_idx: int) -> None:
         if self.hparams.nonfinite == "raise":
@@ -255,6 +291,16 @@ class OnlineClassifier(TimeSteppedClassifier):
     def _checkpoint_extras(self) -> dict[str, Any]:
         """Also the fault counts (batches dropped, full-precision steps skipped)."""
         return {**super()._checkpoint_extras(), "fault_counts": self._fault_counts.detach().clone()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also refuse a checkpoint whose binary weights are not ±1 (naming the file and the weight)."""
+        super().on_load_checkpoint(checkpoint)
+        names = [n for n, p in self.named_parameters() if any(p is b for b in self.split.binary)]
+        path = (self._trainer.ckpt_path if self._trainer is not None else None) or "<checkpoint>"
+        check_binary_weights(checkpoint.get("state_dict", {}), names, path)
+
+    def _exactly_binary_weights(self) -> list[Tensor]:
+        return list(self.split.binary)
 
     def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
         if "fault_counts" in extras:
