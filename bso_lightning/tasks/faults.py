@@ -237,13 +237,25 @@ def check_ckpt_path(path: Any, trusted: bool = False) -> None:
     check_checkpoint(path, trusted=trusted)
 
 
+def _storage_aliases(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> set[str]:
+    """Keys of binary weights stored densely (``X.weight``) on one side and packed (``X.weight_bits``) on the other:
+    the binary layers convert those on load (``bso_lightning.nn.layers``), so they are not a mismatch."""
+    aliases: set[str] = set()
+    for key in expected:
+        other = key[: -len("_bits")] if key.endswith(".weight_bits") else key + "_bits" if key.endswith(".weight") else None
+        if other is not None and key not in saved and other in saved and other not in expected:
+            aliases |= {key, other}
+    return aliases
+
+
 def check_state_dict_fits(saved: Mapping[str, Any], expected: Mapping[str, Tensor], path: Any = "<checkpoint>") -> None:
     """Raise :class:`CheckpointError` if the tensors ``saved`` in a checkpoint do not fit the module whose
     ``state_dict()`` is ``expected`` (missing or unexpected entries, other shapes) — before ``load_state_dict``
     fails with a raw ``RuntimeError``. The module was built from the checkpoint's own hyper-parameters, so a
     mismatch means the file's hyper-parameters and weights disagree."""
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
+    converted = _storage_aliases(saved, expected)
+    missing = [k for k in expected if k not in saved and k not in converted]
+    unexpected = [k for k in saved if k not in expected and k not in converted]
     shapes = [f"{k}: {list(saved[k].shape)} in the file, {list(v.shape)} in the model" for k, v in expected.items()
               if k in saved and isinstance(saved[k], Tensor) and tuple(saved[k].shape) != tuple(v.shape)]
     problems = ([f"shapes differ ({'; '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''})"] if shapes else []) + \

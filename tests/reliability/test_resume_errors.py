@@ -84,3 +84,15 @@ def test_argument_errors_are_one_line_unless_bso_debug(tmp_path, monkeypatch, ca
     monkeypatch.setenv("BSO_DEBUG", "1")
     with pytest.raises(ValueError, match="Does not validate against any of the Union subtypes"):
         main(["fit", *TINY, "--model.init_args.threshold", "-1"])
+
+
+def test_dense_and_packed_binary_weights_are_not_a_mismatch(tiny_checkpoint, tmp_path):
+    """The binary layers convert ``weight`` <-> ``weight_bits`` on load; only real differences are refused."""
+    packed = OnlineClassifier.load_from_checkpoint(tiny_checkpoint, weight_storage="packed")
+    dense = OnlineClassifier.load_from_checkpoint(tiny_checkpoint)
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.equal(packed.eval()(x), dense.eval()(x))
+    path = _edited(tiny_checkpoint, tmp_path, "extra.ckpt", lambda c: c["state_dict"].update(
+        {"model.9.weight": torch.ones(3)}))
+    with pytest.raises(CheckpointError, match=r"unexpected model\.9\.weight"):
+        OnlineClassifier.load_from_checkpoint(path, weight_storage="packed")
