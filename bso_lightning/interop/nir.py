@@ -1,6 +1,7 @@
-"""NIR export and import of this library's feed-forward BSNNs (``vgg11``, ``small_cnn``; docs/deploying.md).
+"""NIR export and import of this library's BSNNs (``vgg11``, ``small_cnn``, ``resnet18(stem="cifar")``; docs/deploying.md).
 
-Each layer of the ``nn.Sequential`` model becomes one NIR node, in a chain ``input -> ... -> output``:
+Each layer becomes one NIR node named by its module path (a chain for VGG; a Bi-Real unit's two branches
+both feed the next node, whose input NIR defines as the sum of its incoming edges):
 
 ========================  ==================================================================================
 ours                      NIR
@@ -23,6 +24,7 @@ resets to zero (measured by ``benchmarks/nir_agreement.py``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from bso_lightning.atomic import PathLike, atomic_file
 from bso_lightning.nn import BinaryConv2d, OnlineConv2d, OnlineLinear, OnlineLIFNode, SpikeTraceMap
+from bso_lightning.models.resnet import BiRealUnit
 from bso_lightning.nn.layers import BinaryLayer
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "export_checkpoint_nir", "export_nir", "import_nir", "read_nir",
@@ -58,8 +61,8 @@ class NIRExportError(ValueError):
 def _sequential_of(model: nn.Module) -> nn.Sequential:
     inner = getattr(model, "model", model)  # an OnlineClassifier holds its network in .model
     if not isinstance(inner, nn.Sequential):
-        raise NIRExportError(f"NIR export supports the feed-forward nn.Sequential models (vgg11, small_cnn); "
-                             f"got {type(inner).__name__}")
+        raise NIRExportError(f"NIR export supports this library's nn.Sequential models (vgg11, small_cnn, "
+                             f"resnet18 with stem='cifar'); got {type(inner).__name__}")
     return inner
 
 
@@ -126,16 +129,101 @@ def _pool_node(pool: nn.Module, shape: Sequence[int]) -> nir.AvgPool2d:
     return nir.AvgPool2d(kernel_size=pair(pool.kernel_size), stride=pair(stride), padding=pair(pool.padding))
 
 
+class _GraphBuilder:
+    """Collects NIR nodes and edges; a node's input is the sum of its incoming edges (NIR's rule)."""
+
+    def __init__(self, input_shape: Sequence[int], dt: float, batchnorm: BatchNormMode) -> None:
+        self.nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
+        self.edges: list[tuple[str, str]] = []
+        self.dt, self.fold = dt, batchnorm == "fold"
+
+    def add(self, name: str, node: nir.NIRNode, sources: list[str]) -> list[str]:
+        self.nodes[name] = node
+        self.edges += [(src, name) for src in sources]
+        return [name]
+
+    def layers(self, named: list[tuple[str, nn.Module]], sources: list[str], x: Tensor) -> tuple[list[str], Tensor]:
+        """Translate a path of layers; returns the nodes whose sum is its output, and a sample of that output."""
+        i = 0
+        while i < len(named):
+            name, layer = named[i]
+            inner = layer.module if isinstance(layer, SpikeTraceMap) else layer
+            if isinstance(inner, BiRealUnit):
+                sources, x = self.unit(name, inner, sources, x)
+            elif isinstance(inner, nn.Conv2d):
+                bn = named[i + 1][1] if i + 1 < len(named) and isinstance(named[i + 1][1], nn.BatchNorm2d) else None
+                folded = self.fold and bn is not None
+                sources = self.add(name, self.conv(name, inner, x, bn if folded else None), sources)
+                i += folded
+                x = inner(x)
+            elif isinstance(inner, nn.BatchNorm2d):
+                sources = self.add(name, _bn_node(inner, x.shape), sources)
+            elif isinstance(inner, OnlineLIFNode):
+                sources = self.add(name, _lif_node(inner, x.shape[1:], self.dt), sources)
+            elif isinstance(inner, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                sources = self.add(name, _pool_node(inner, x.shape), sources)
+                x = inner(x)
+            elif isinstance(inner, nn.Flatten):
+                if inner.start_dim != 1 or inner.end_dim != -1:
+                    raise NIRExportError(f"layer {name}: only Flatten(1, -1) is exported, got "
+                                         f"({inner.start_dim}, {inner.end_dim})")
+                sources = self.add(name, nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=0,
+                                                     end_dim=-1), sources)
+                x = inner(x)
+            elif isinstance(inner, nn.Linear):
+                bias = inner.bias if inner.bias is not None else torch.zeros(inner.out_features)
+                kind = "binary_linear" if isinstance(inner, BinaryLayer) else "linear"
+                sources = self.add(name, nir.Affine(weight=_np(inner.weight), bias=_np(bias),
+                                                    metadata={"bso_layer": kind}), sources)
+                x = inner(x)
+            elif isinstance(inner, nn.Identity):
+                pass
+            else:
+                hint = " (NIR 1.0 has no max pooling: build resnet18 with stem='cifar')" if isinstance(inner, nn.MaxPool2d) else ""
+                raise NIRExportError(f"layer {name} ({type(inner).__name__}) has no NIR translation here{hint}; "
+                                     "exported are Conv2d, BatchNorm2d, OnlineLIFNode, AvgPool2d, Flatten, Linear "
+                                     "and Bi-Real units")
+            i += 1
+        return sources, x
+
+    def conv(self, name: str, conv: nn.Conv2d, x: Tensor, bn: Optional[nn.BatchNorm2d]) -> nir.Conv2d:
+        binary = isinstance(conv, BinaryLayer)
+        if binary and not bool(((conv.weight == 1) | (conv.weight == -1)).all()):
+            raise NIRExportError(f"layer {name} ({type(conv).__name__}) holds weights other than ±1")
+        weight = conv.weight.double()
+        bias = conv.bias.double() if conv.bias is not None else None
+        meta: dict[str, Any] = {"bso_layer": "binary_conv" if binary else "conv"}
+        if bn is not None:  # fold: y = scale·(W*x + b) + shift
+            scale, shift = _bn_scale_shift(bn)
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = shift if bias is None else bias * scale + shift
+            meta = {"bso_layer": "conv_bn_folded", "binary": int(binary)}
+        return _conv_node(conv, x.shape, weight.float(), None if bias is None else bias.float(), meta)
+
+    def unit(self, name: str, unit: BiRealUnit, sources: list[str], x: Tensor) -> tuple[list[str], Tensor]:
+        """BN(conv(LIF(x))) + shortcut(x): the next node receives edges from both branches (summed)."""
+        main, y = self.layers([(f"{name}.neuron", unit.neuron), (f"{name}.conv", unit.conv), (f"{name}.bn", unit.bn)],
+                              sources, x)
+        shortcut = unit.shortcut
+        if isinstance(shortcut, nn.Identity):
+            return main + sources, y
+        side, _ = self.layers([(f"{name}.shortcut.{j}", m) for j, m in enumerate(shortcut)], sources, x)
+        return main + side, y
+
+
 @torch.no_grad()
 def export_nir(model: nn.Module, input_shape: Sequence[int], dt: float = DEFAULT_DT,
-               batchnorm: BatchNormMode = "separate", time_steps: Optional[int] = None) -> nir.NIRGraph:
-    """The NIR graph of ``model`` (an ``OnlineClassifier`` or its ``nn.Sequential`` network) for inputs ``[C, H, W]``.
+               batchnorm: BatchNormMode = "separate", time_steps: Optional[int] = None,
+               arch: Optional[str] = None, arch_kwargs: Optional[Mapping[str, Any]] = None) -> nir.NIRGraph:
+    """The NIR graph of ``model`` (an ``OnlineClassifier`` or its network) for inputs ``[C, H, W]``.
 
     Args:
         input_shape: one sample's shape, without batch dimension (e.g. ``(1, 16, 16)`` for digits).
         dt: seconds per time step stated in the graph (τ = dt/(1−λ)); default :data:`DEFAULT_DT`.
         batchnorm: ``"separate"`` (binary weights stay ±1; BatchNorm is a diagonal 1×1 conv) or ``"fold"``.
         time_steps: T the model was trained with, recorded in the graph's metadata (default: the module's).
+        arch, arch_kwargs: the factory that builds ``model`` (default: from an ``OnlineClassifier``'s
+            hyper-parameters), recorded so that :func:`import_nir` can rebuild residual networks exactly.
     """
     if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
         raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
@@ -144,62 +232,26 @@ def export_nir(model: nn.Module, input_shape: Sequence[int], dt: float = DEFAULT
     if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
         raise ValueError(f"input_shape must be [C, H, W] of positive sizes, got {list(input_shape)}")
     hparams = getattr(model, "hparams", None)
-    if time_steps is None and isinstance(hparams, Mapping):
-        time_steps = hparams.get("time_steps")
+    if isinstance(hparams, Mapping) and "arch" in hparams:
+        from bso_lightning.export import model_spec_from_hparams
+
+        time_steps = hparams.get("time_steps") if time_steps is None else time_steps
+        if arch is None:
+            arch, arch_kwargs = model_spec_from_hparams(hparams)
     seq = _sequential_of(model)
-    layers = list(seq)
-    x = torch.zeros(1, *[int(s) for s in input_shape])
-    nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
-    order = ["input"]
-    i = 0
-    while i < len(layers):
-        layer, name = layers[i], str(i)
-        inner = layer.module if isinstance(layer, SpikeTraceMap) else layer
-        if isinstance(inner, nn.Conv2d):
-            binary = isinstance(inner, BinaryLayer)
-            if isinstance(inner, BinaryLayer) and not bool(((inner.weight == 1) | (inner.weight == -1)).all()):
-                raise NIRExportError(f"layer {name} ({type(inner).__name__}) holds weights other than ±1")
-            weight, bias = inner.weight.double(), inner.bias.double() if inner.bias is not None else None
-            bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d) else None
-            meta = {"bso_layer": "binary_conv" if binary else "conv"}
-            if batchnorm == "fold" and bn is not None:
-                scale, shift = _bn_scale_shift(bn)
-                weight = weight * scale.view(-1, 1, 1, 1)
-                bias = shift if bias is None else bias * scale + shift
-                meta = {"bso_layer": "conv_bn_folded", "binary": int(binary)}
-                i += 1
-            nodes[name] = _conv_node(inner, x.shape, weight.float(), None if bias is None else bias.float(), meta)
-            x = inner(x)
-        elif isinstance(inner, nn.BatchNorm2d):
-            nodes[name] = _bn_node(inner, x.shape)
-        elif isinstance(inner, OnlineLIFNode):
-            nodes[name] = _lif_node(inner, x.shape[1:], float(dt))
-        elif isinstance(inner, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            nodes[name] = _pool_node(inner, x.shape)
-            x = inner(x)
-        elif isinstance(inner, nn.Flatten):
-            if inner.start_dim != 1 or inner.end_dim != -1:
-                raise NIRExportError(f"layer {name}: only Flatten(1, -1) is exported, got ({inner.start_dim}, {inner.end_dim})")
-            nodes[name] = nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=0, end_dim=-1)
-            x = inner(x)
-        elif isinstance(inner, nn.Linear):
-            bias = inner.bias if inner.bias is not None else torch.zeros(inner.out_features)
-            kind = "binary_linear" if isinstance(inner, BinaryLayer) else "linear"
-            nodes[name] = nir.Affine(weight=_np(inner.weight), bias=_np(bias), metadata={"bso_layer": kind})
-            x = inner(x)
-        else:
-            raise NIRExportError(f"layer {name} ({type(inner).__name__}) has no NIR translation here; exported are "
-                                 "Conv2d, BatchNorm2d, OnlineLIFNode, AvgPool2d, Flatten, Linear (vgg11, small_cnn)")
-        order.append(name)
-        i += 1
-    nodes["output"] = nir.Output(output_type={"output": np.array(x.shape[1:])})
-    order.append("output")
-    metadata = {"producer": PRODUCER, "dt": float(dt), "batchnorm": batchnorm,
-                "readout": "prediction = mean over the time steps of the output node's value",
-                "input": "static data: the same input current at every step; event data: frame t at step t"}
+    builder = _GraphBuilder(input_shape, float(dt), batchnorm)
+    sources, x = builder.layers([(str(i), m) for i, m in enumerate(seq)], ["input"],
+                                torch.zeros(1, *[int(s) for s in input_shape]))
+    builder.add("output", nir.Output(output_type={"output": np.array(x.shape[1:])}), sources)
+    metadata: dict[str, Any] = {"producer": PRODUCER, "dt": float(dt), "batchnorm": batchnorm,
+                                "readout": "prediction = mean over the time steps of the output node's value",
+                                "input": "static data: the same input current at every step; event data: frame t at step t"}
     if time_steps is not None:
         metadata["time_steps"] = int(time_steps)
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:])), metadata=metadata)
+    if arch is not None:
+        metadata["arch"] = arch
+        metadata["arch_kwargs"] = json.dumps(dict(arch_kwargs or {}))
+    return nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata=metadata)
 
 
 def write_nir(graph: nir.NIRGraph, path: PathLike) -> int:
@@ -299,14 +351,70 @@ def _import_lif(node: nir.LIF, name: str, dt: Optional[float]) -> nn.Module:
     return OnlineLIFNode(decay=float(decay), v_threshold=_unique(np.asarray(node.v_threshold), "v_threshold", name))
 
 
+def _is_chain(graph: nir.NIRGraph) -> bool:
+    try:
+        _chain(graph)
+    except NIRExportError:
+        return False
+    return True
+
+
+def _import_by_arch(graph: nir.NIRGraph, arch: str, kwargs: dict[str, Any]) -> nn.Sequential:
+    """Rebuild ``arch`` and load every node's parameters into the module of the same name (residual graphs)."""
+    from bso_lightning.models import build_model
+
+    if _meta(graph, "batchnorm") == "fold":
+        raise NIRExportError("a residual graph exported with batchnorm='fold' cannot be rebuilt exactly "
+                             "(its convs have no bias); export it with batchnorm='separate'")
+    model = build_model(arch, **kwargs)
+    modules = dict(model.named_modules())
+    loaded: set[str] = set()
+    for name, node in graph.nodes.items():
+        if isinstance(node, (nir.Input, nir.Output)):
+            continue
+        module = modules.get(name)
+        if module is None:
+            raise NIRExportError(f"node {name!r} has no module of that name in {arch}(**{kwargs})")
+        module = module.module if isinstance(module, SpikeTraceMap) else module
+        if isinstance(node, nir.Conv2d):
+            fresh = _import_conv(node, name)
+            if type(fresh) is not type(module) and not (isinstance(fresh, nn.Conv2d) and isinstance(module, nn.Conv2d)):
+                raise NIRExportError(f"node {name!r}: a {type(fresh).__name__} where {arch} has a {type(module).__name__}")
+            state = fresh.state_dict()
+            if isinstance(module, nn.BatchNorm2d):
+                state["num_batches_tracked"] = module.num_batches_tracked
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise NIRExportError(f"node {name!r} does not fit {arch}'s {name}: {exc}") from exc
+        elif isinstance(node, nir.Affine):
+            module.weight.data.copy_(torch.as_tensor(np.asarray(node.weight), dtype=torch.float32))
+            module.bias.data.copy_(torch.as_tensor(np.asarray(node.bias), dtype=torch.float32))
+        elif isinstance(node, nir.LIF):
+            lif = _import_lif(node, name, _meta(graph, "dt"))
+            if (lif.decay, lif.v_threshold) != (module.decay, module.v_threshold):
+                raise NIRExportError(f"node {name!r}: λ, Vth = {lif.decay}, {lif.v_threshold} differ from {arch}'s")
+        loaded.add(name)
+    missing = [n for n, m in modules.items() if n not in loaded and any(True for _ in m.parameters(recurse=False))]
+    if missing:
+        raise NIRExportError(f"the graph has no node for {arch}'s layers {missing[:5]}")
+    return model.eval()
+
+
 def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
     """Our network (``nn.Sequential`` of this library's layers, eval mode) from a NIR graph made by :func:`export_nir`.
 
     The result computes exactly what the exported model computed: same layers, same BatchNorm parameters
-    (from the nodes' metadata), same neuron dynamics (soft reset, λ from the metadata).
+    (from the nodes' metadata), same neuron dynamics (soft reset, λ from the metadata). A chain is built
+    node by node; a residual graph (resnet18) is rebuilt from its ``arch`` metadata and filled node by node.
     """
     if not isinstance(graph, nir.NIRGraph):
         graph = read_nir(graph)
+    if not _is_chain(graph):
+        arch = _meta(graph, "arch")
+        if arch is None:
+            _chain(graph)  # raises, naming the node where the chain branches
+        return _import_by_arch(graph, str(arch), json.loads(_meta(graph, "arch_kwargs", "{}")))
     dt = _meta(graph, "dt")
     layers: list[nn.Module] = []
     for name in _chain(graph):
@@ -353,5 +461,6 @@ def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequ
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
-    graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"))
+    graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"),
+                       arch=arch, arch_kwargs=kwargs)
     return write_nir(graph, out)

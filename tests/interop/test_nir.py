@@ -16,7 +16,7 @@ import nir  # the [nir] extra (pip install -e '.[dev,nir]'), installed by .ci/ru
 import snntorch
 
 from bso_lightning.export_nir import main
-from bso_lightning.interop.consumers import run_sequence
+from bso_lightning.interop.consumers import run_sequence, snntorch_outputs
 from bso_lightning.interop.nir import DEFAULT_DT, NIRExportError, export_nir, import_nir, read_nir, write_nir
 from bso_lightning.models import resnet18, vgg11
 from bso_lightning.nn import OnlineLIFNode
@@ -112,9 +112,35 @@ def test_vgg11_event_input_round_trip(tmp_path):
         assert torch.equal(run_sequence(model, x, 3), run_sequence(back, x, 3))
 
 
+def test_resnet18_residual_graph_round_trip_and_snntorch(tmp_path):
+    """Bi-Real units: both branches feed the next node (NIR sums incoming edges); rebuilt exactly from 'arch'."""
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_channels": 3, "stem": "cifar"}
+    model = resnet18(**kwargs).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    graph = export_nir(model, (3, 16, 16), arch="resnet18", arch_kwargs=kwargs)
+    assert {("3.bn", "4.neuron"), ("1", "4.neuron"), ("5.bn", "6.shortcut.0"), ("5.bn", "6.neuron")} <= set(graph.edges)
+    path = tmp_path / "resnet.nir"
+    write_nir(graph, path)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = run_sequence(model, x, 2)
+        assert torch.equal(run_sequence(import_nir(path), x, 2), ours)
+    theirs = snntorch_outputs(path, x, 2, reset="subtract")
+    assert theirs.shape == ours.shape and torch.isfinite(theirs).all()
+    assert (theirs - ours).abs().max() < 0.5 * ours.abs().max()  # the same network, up to the u >= 2·Vth rule
+    with pytest.raises(NIRExportError, match="batchnorm='separate'"):
+        import_nir(export_nir(model, (3, 16, 16), batchnorm="fold", arch="resnet18", arch_kwargs=kwargs))
+    with pytest.raises(NIRExportError, match="successors"):
+        import_nir(export_nir(model, (3, 16, 16)))  # no arch: only chains are imported node by node
+
+
 def test_bad_models_and_graphs_are_named(tmp_path):
-    with pytest.raises(NIRExportError, match="MaxPool2d"):
-        export_nir(resnet18(num_classes=10), (3, 32, 32))
+    with pytest.raises(NIRExportError, match="MaxPool2d.*stem='cifar'"):
+        export_nir(resnet18(num_classes=10), (3, 32, 32))  # the ImageNet stem's max pooling
     model = vgg11(in_channels=1).eval()
     with pytest.raises(ValueError, match="dt"):
         export_nir(model, (1, 16, 16), dt=0.0)
