@@ -45,7 +45,8 @@ class SpeechCommandsDataModule(BaseDataModule):
       holds every keyword clip plus ``unknown_percentage`` % and ``silence_percentage`` % of that count as
       unknown (a seeded sample) and silence (seeded cuts; training from the first 80 % of each noise file,
       validation the next 10 %, test the last 10 %);
-    * ``"words"``: one class per entry of ``words`` (required; labels in that order).
+    * ``"words"``: one class per entry of ``words`` (required; labels in that order). In YAML quote
+      ``"yes"``, ``"no"``, ``"on"``, ``"off"`` (unquoted they are booleans).
 
     A class set whose words are absent is refused with an error naming them. Each clip is padded/trimmed to
     1 s at 16 kHz, turned into a Mel-spectrogram (``n_mels`` bands, ``n_fft``-point windows every
