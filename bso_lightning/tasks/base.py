@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
-from bso_lightning.tasks.faults import check_compatible, check_state_dict_fits
+from bso_lightning.tasks.faults import EvaluationInputs, check_compatible, check_state_dict_fits
 from bso_lightning.tasks.loss import online_loss
 from bso_lightning.tasks.state_guard import StateGuard, check_loaded_state, guarded_tensors
 from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state
@@ -211,6 +211,7 @@ class TimeSteppedClassifier(L.LightningModule):
     # ----------------------------------------------------------------- evaluation
     def _evaluate(self, batch, metric: MulticlassAccuracy, stage: str) -> Tensor:
         x, y = batch
+        self._evaluation_inputs().update(x)  # NaN/Inf inputs counted on the device, reported once per epoch
         output = self(x)
         loss = online_loss(output, y, 1, self.hparams.mse_weight)
         metric(output, y)
@@ -222,6 +223,18 @@ class TimeSteppedClassifier(L.LightningModule):
             running_metric(reading.output(self.model, self, x, output), y)
             self.log(f"{stage}/acc_running_bn", running_metric, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
+
+    def _evaluation_inputs(self) -> EvaluationInputs:
+        if getattr(self, "_eval_inputs", None) is None:
+            self._eval_inputs = EvaluationInputs()
+        return self._eval_inputs
+
+    def on_validation_end(self) -> None:
+        """Report the NaN/Inf inputs of this validation (a warning; an error if every sample was non-finite)."""
+        self._evaluation_inputs().report("val", self.current_epoch)
+
+    def on_test_end(self) -> None:
+        self._evaluation_inputs().report("test", self.current_epoch)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._evaluate(batch, self.val_acc, "val")

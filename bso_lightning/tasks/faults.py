@@ -98,6 +98,32 @@ def report_skipped_batches(epoch: int, skipped: Sequence[str], seen: int, max_fr
     warnings.warn(f"{message} (nonfinite='skip')", NonFiniteWarning, stacklevel=2)
 
 
+class EvaluationInputs:
+    """Counts evaluation samples whose input holds NaN/Inf on the device (no host sync per batch); :meth:`report`
+    once per epoch: a :class:`NonFiniteWarning`, or :class:`NonFiniteError` if every sample was non-finite (the
+    accuracy would be a meaningless chance figure)."""
+
+    def __init__(self) -> None:
+        self.bad: Optional[Tensor] = None
+        self.seen = 0
+
+    def update(self, x: Tensor) -> None:
+        flags = ~torch.isfinite(x.detach().flatten(1) if x.dim() > 1 else x.detach()[:, None]).all(1)
+        self.bad = flags.sum() if self.bad is None else self.bad + flags.sum()
+        self.seen += len(x)
+
+    def report(self, stage: str, epoch: int) -> None:
+        bad, seen = (0 if self.bad is None else int(self.bad)), self.seen  # one host sync per epoch
+        self.bad, self.seen = None, 0
+        if bad == 0:
+            return
+        message = (f"{stage} (epoch {epoch}): {bad} of {seen} samples held NaN/Inf inputs; their outputs are NaN, "
+                   f"so {stage}/loss is NaN and their predictions are meaningless")
+        if bad >= seen:
+            raise NonFiniteError(f"{message}: every sample, so the data (or its transform) is broken")
+        warnings.warn(message, NonFiniteWarning, stacklevel=2)
+
+
 @torch.no_grad()
 def step_if(optimizer: Any, ok: Tensor) -> None:
     """``optimizer.step()`` that changes nothing where the 0-dim bool ``ok`` is false, without a host sync.

@@ -120,3 +120,39 @@ def test_one_summary_per_epoch(tmp_path, recwarn):
     trainer.fit(make_task(), datamodule=NaNBatches([0, 2]))  # 2 of 4 = 0.5: allowed by the default
     summaries = [str(w.message) for w in recwarn if issubclass(w.category, NonFiniteWarning)]
     assert len(summaries) == 1 and summaries[0].startswith("epoch 0: skipped 2 of 4 training batches"), summaries
+
+
+class NaNTestDigits(DigitsDataModule):
+    """Digits whose first ``n`` test samples (``None``: all) hold a NaN pixel."""
+
+    def __init__(self, n=None) -> None:
+        super().__init__(batch_size=16)
+        self.n = n
+
+    def setup(self, stage=None):
+        if self.train_set is not None:
+            return
+        super().setup(stage)
+        tensors = self.test_set.tensors[0] if hasattr(self.test_set, "tensors") else None
+        assert tensors is not None, "the digits test split is a TensorDataset"
+        tensors[: self.n if self.n is not None else len(tensors), 0, 0, 0] = float("nan")
+
+
+def test_an_evaluation_on_only_nonfinite_inputs_fails_instead_of_reporting_chance(tmp_path):
+    """Case 5, test side: `test` used to exit 0 at chance accuracy with test/loss nan."""
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, limit_test_batches=2)
+    task = make_task(bn_recalibration_batches=0)
+    data = NaNTestDigits()
+    trainer.fit(task, datamodule=data)
+    with pytest.raises(NonFiniteError, match=r"test \(epoch \d+\): 32 of 32 samples held NaN/Inf inputs.*every sample"):
+        trainer.test(task, datamodule=data, verbose=False)
+
+
+def test_an_evaluation_with_some_nonfinite_inputs_warns_once(tmp_path, recwarn):
+    trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, limit_test_batches=2)
+    task = make_task(bn_recalibration_batches=0)
+    data = NaNTestDigits(3)
+    trainer.fit(task, datamodule=data)
+    trainer.test(task, datamodule=data, verbose=False)
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, NonFiniteWarning)]
+    assert len(messages) == 1 and "3 of 32 samples held NaN/Inf inputs" in messages[0], messages
