@@ -10,9 +10,16 @@ Non-finite values (``OnlineClassifier(nonfinite=...)``):
 * ``"raise"``: stop with :class:`NonFiniteError`, naming the batch, the time step and what was not
   finite, before anything is updated (one host sync per batch and per time step).
 
-Checkpoints: :func:`check_checkpoint` reads a checkpoint's metadata without loading its tensors and
-raises :class:`CheckpointError` naming the file for a missing, truncated or unreadable file and for one
-written by a different architecture (:func:`check_compatible`).
+Per epoch: :func:`report_skipped_batches` (one summary of the dropped batches; an error when an epoch dropped all
+of them or more than ``max_skipped_fraction``); :class:`EvaluationInputs` (NaN/Inf inputs of a validation/test
+run). The trained state itself: :mod:`bso_lightning.tasks.state_guard`.
+
+Checkpoints (user-given files, never a full unpickle): :func:`read_checkpoint` loads with
+``torch.load(weights_only=True)`` and raises :class:`CheckpointError` naming the file for a missing, empty,
+truncated or unreadable file and for one holding other objects than tensors and plain values (their code does
+not run; :data:`TRUST_HINT` names the opt-in); :func:`check_checkpoint` also refuses another architecture
+(:func:`check_compatible`); :func:`check_state_dict_fits` and :func:`check_binary_weights` refuse weights that do
+not fit their hyper-parameters or are not ±1. See docs/reliability.md.
 """
 
 from __future__ import annotations
