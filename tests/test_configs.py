@@ -29,12 +29,18 @@ FIXTURE_ROOT = {  # DataModule -> fixture folder its root points at
     "datamodules.ImageNetDataModule": "imagenet",
     "datamodules.CIFAR10DVSDataModule": "cifar10_dvs",
     "datamodules.SpeechCommandsDataModule": "speech_commands",
+    "datamodules.DVS128GestureDataModule": "dvs128_gesture",
+    "datamodules.SHDDataModule": "shd",
 }
 SMALL = {  # overrides that keep one step cheap on CPU (the fixtures are tiny)
     "datamodules.ImageNetDataModule": ["--data.init_args.num_classes", "3", "--data.init_args.image_size", "32",
                                        "--data.init_args.resize_size", "36"],
     "datamodules.CIFAR10DVSDataModule": ["--data.init_args.time_steps", "2", "--data.init_args.train_per_class", "4"],
+    "datamodules.DVS128GestureDataModule": ["--data.init_args.time_steps", "2", "--data.init_args.image_size", "32"],
+    "datamodules.SHDDataModule": ["--data.init_args.time_steps", "2", "--data.init_args.time_bins", "16",
+                                  "--data.init_args.channel_groups", "16"],
 }
+EVENT_DATA = ("datamodules.CIFAR10DVSDataModule", "datamodules.DVS128GestureDataModule", "datamodules.SHDDataModule")
 
 # BatchNorm re-estimation (before validation and test) runs over the training loader; one config per
 # DataModule keeps it on (one batch), the rest skip it to save CPU time.
@@ -83,7 +89,7 @@ def test_config_runs_fast_dev_run(config, data_roots, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["bso-lightning"])  # the CLI reads only `args`, not pytest's argv
     data_class = _load(config)["data"]["class_path"]
-    time_steps = "2" if data_class == "datamodules.CIFAR10DVSDataModule" else "1"
+    time_steps = "2" if data_class in EVENT_DATA else "1"
     args = [
         "fit", "--config", str(config),
         "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
