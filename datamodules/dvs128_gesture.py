@@ -110,9 +110,12 @@ class DVS128GestureDataModule(EventFrameDataModule):
                            if self.download else None)
                 raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW, problem=problem)
         listing = reader.list_event_files(self.events_root)
-        subsets = [s for _, _, s in listing]
-        empty = [s for s in reader.SUBSETS if s not in subsets]
+        present = {(s, label) for _, label, s in listing}
+        empty = [f"{s}/{label}" for s in reader.SUBSETS for label in range(self.num_classes) if (s, label) not in present]
         if empty:
             raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW,
-                                    problem=f"no .npz gestures in {', '.join(str(self.events_root / s) for s in empty)}")
+                                    problem=f"no .npz gestures in {self.events_root}/{{{', '.join(empty[:5])}"
+                                            f"{', ...' if len(empty) > 5 else ''}}}: an interrupted conversion? Delete "
+                                            f"{self.events_root} and run again")
+        subsets = [s for _, _, s in listing]
         return [f for f, _, _ in listing], [label for _, label, _ in listing], subsets

@@ -81,6 +81,15 @@ def test_missing_or_incomplete_folders_are_named(private_root, tmp_path):
         make(root).prepare_data()
 
 
+def test_incomplete_events_np_is_named(private_root):
+    root = private_root("dvs128_gesture")
+    make(root).prepare_data()
+    for f in (root / "events_np" / "test" / "7").glob("*.npz"):
+        f.unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"test/7.*interrupted"):
+        make(root, time_steps=2).prepare_data()
+
+
 def test_missing_or_corrupt_recording_is_named(private_root):
     root = private_root("dvs128_gesture")
     (root / "extract" / "DvsGesture" / "user01_fluorescent_labels.csv").unlink()
