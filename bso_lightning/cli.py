@@ -80,7 +80,8 @@ class BSOLightningCLI(LightningCLI):
                 return
             saved = read_checkpoint(path).get("hyper_parameters")
             if isinstance(saved, Mapping):
-                check_explicit_model_arguments(config["model"], saved, path)
+                defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
+                check_explicit_model_arguments(config["model"], saved, path, defaults)
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -98,13 +99,17 @@ def _class_defaults(class_path: str) -> dict[str, Any]:
     return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
 
 
-def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], path: Any) -> None:
+def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], path: Any,
+                                   parser_defaults: Any = None) -> None:
     """Raise :class:`CheckpointError` if ``model_config`` (the parsed ``model``: class_path + init_args) sets a
-    :data:`RESUME_FIXED_KEYS` argument to a value other than its default and the checkpoint's hyper-parameters
-    ``saved`` (a value equal to the class default cannot be told apart from "not given")."""
+    :data:`RESUME_FIXED_KEYS` argument to a value other than its default (the parser's ``parser_defaults``, for
+    the same class, else the class signature's) and the checkpoint's hyper-parameters ``saved`` (a value equal to
+    the default cannot be told apart from "not given")."""
     init_args = dict(getattr(model_config, "init_args", None) or {})
     class_path = getattr(model_config, "class_path", None)
     defaults = _class_defaults(class_path) if class_path else {}
+    if parser_defaults is not None and getattr(parser_defaults, "class_path", None) == class_path:
+        defaults.update(dict(getattr(parser_defaults, "init_args", None) or {}))
 
     def plain(key: str, value: Any) -> Any:
         return dict(value or {}) if key == "arch_kwargs" else value

@@ -96,3 +96,12 @@ def test_dense_and_packed_binary_weights_are_not_a_mismatch(tiny_checkpoint, tmp
         {"model.9.weight": torch.ones(3)}))
     with pytest.raises(CheckpointError, match=r"unexpected model\.9\.weight"):
         OnlineClassifier.load_from_checkpoint(path, weight_storage="packed")
+
+
+def test_ckpt_path_alone_resumes_whatever_the_cli_defaults(tiny_checkpoint, tmp_path, monkeypatch):
+    """Only arguments that differ from the CLI's own defaults count as given: the quick-start default model
+    (whatever its width) does not conflict with a checkpoint of another width."""
+    monkeypatch.chdir(tmp_path)
+    without_model_args = [a for i, a in enumerate(TINY) if "model" not in a and "model" not in TINY[i - 1]]
+    cli = build_cli(["fit", *without_model_args, "--ckpt_path", str(tiny_checkpoint)])
+    assert cli.model.hparams.arch_kwargs == {"width": 8}

@@ -156,3 +156,23 @@ def test_an_evaluation_with_some_nonfinite_inputs_warns_once(tmp_path, recwarn):
     trainer.test(task, datamodule=data, verbose=False)
     messages = [str(w.message) for w in recwarn if issubclass(w.category, NonFiniteWarning)]
     assert len(messages) == 1 and "3 of 32 samples held NaN/Inf inputs" in messages[0], messages
+
+
+def test_cost_benchmark_quick(tmp_path, capsys):
+    """benchmarks/reliability_costs.py --quick: the per-batch state check costs far less than one forward+backward."""
+    import importlib.util
+
+    from tests.reliability.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("reliability_costs", REPO / "benchmarks" / "reliability_costs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        results = module.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert "| vgg11 | 35 |" in capsys.readouterr().out and (tmp_path / "reliability_costs.json").exists()
+    vgg = results["state_check"][0]
+    assert vgg["check_ms"] < vgg["forward_backward_ms"] / 10
+    assert results["header_check"]["images"] == 100 and results["header_check"]["images_per_s"] > 0
