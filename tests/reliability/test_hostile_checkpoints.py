@@ -93,3 +93,13 @@ def test_our_own_checkpoints_load_with_weights_only(tiny_checkpoint):
     checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     assert checkpoint["hyper_parameters"]["arch"] == "small_cnn" and "online_classifier" in checkpoint
     check_checkpoint(tiny_checkpoint)
+
+
+def test_cli_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
+    """What LightningCLI adds to the hyper-parameters (``_instantiator``, ...) is plain values too."""
+    monkeypatch.chdir(tmp_path)
+    build_cli(["fit", *TINY])
+    (path,) = (tmp_path / "lightning_logs").rglob("*.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["arch_kwargs"] == {"width": 8}
+    check_checkpoint(path)
