@@ -33,15 +33,18 @@ def test_no_argument_defaults_are_the_quickstart_config(capsys):
     assert defaults["data"]["class_path"] == "datamodules.DigitsDataModule"
 
 
-@pytest.mark.timeout(900)  # ~2 min on one quiet core; the suite's default limit is shorter
+@pytest.mark.timeout(900)  # ~45 s of CPU (8 epochs of a width-16 net); generous for a loaded CI machine
 def test_quickstart_end_to_end(tmp_path, monkeypatch):
     """README command 1, `bso-lightning fit` with no arguments (the settings of configs/quickstart.yaml, see the
-    test above), run in this process: test accuracy >= 97%, a checkpoint with ±1 weights, and `bso-lightning test
-    --ckpt_path` on that checkpoint scores the same accuracy."""
+    test above), run in this process: test accuracy >= 97% (README claims >= 98%, measured by
+    benchmarks/quickstart_time.py; the test leaves a point for thread-count rounding differences), a checkpoint with
+    ±1 weights, the end-of-training flip rate in the summary, and `bso-lightning test --ckpt_path` on that checkpoint
+    scores the same accuracy."""
     monkeypatch.chdir(tmp_path)  # lightning_logs/ lands where the user runs the command
     fit = build_cli(["fit", "--trainer.enable_progress_bar", "false"])
     accuracy = float(fit.trainer.callback_metrics["test/acc"])
     assert accuracy >= 0.97, fit.trainer.callback_metrics
+    assert 0.0 <= float(fit.trainer.callback_metrics["flips/final"]) < 1e-3  # the schedule has stilled the flips
 
     checkpoints = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
     assert checkpoints, "fit saved no checkpoint"

@@ -17,20 +17,33 @@ Metrics (each a value over the optimizer steps of the last interval of ``log_eve
   (cumulative since the optimizer was created: the sum of ``nonfinite_counts()``),
 * ``tbso/threshold_t<t>/<layer>`` — T-BSO only: the current flip threshold γ·sqrt(v[t] + ε) of each
   tensor at each time step seen so far.
+
+End-of-training summary (``on_train_end``): the steps not yet logged are flushed, and the flip rate of the
+last ``summary_batches`` training batches goes to the loggers and ``trainer.callback_metrics`` as
+``flips/final`` (fraction per optimizer step), to :attr:`FlipRateCallback.summary`, and into one log line.
+If it is above ``warn_above`` (default 1e-3 = 0.1% of the weights per step) a warning says so: weights that
+still flip at that rate at the end are a noisy sample that scores below the running training accuracy
+(docs/hyperparameters.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import warnings
 from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from bso_lightning.nn.packed import binary_numel
 from bso_lightning.callbacks._logging import log_to_loggers, logging_step
 
-__all__ = ["FlipRateCallback", "find_binary_optimizer", "binary_layer_names"]
+__all__ = ["FlipRateCallback", "LateFlipWarning", "find_binary_optimizer", "binary_layer_names"]
+
+class LateFlipWarning(UserWarning):
+    """Binary weights still flip at a high rate at the end of training."""
 
 
 def find_binary_optimizer(optimizers: Sequence[Any]) -> Any:
@@ -50,7 +63,7 @@ def binary_layer_names(module: torch.nn.Module, params: Sequence[Tensor]) -> lis
     """
     by_id = {id(p): name for name, p in module.named_parameters()}
     full = [by_id.get(id(p), f"param{i}") for i, p in enumerate(params)]
-    short = [name[: -len(".weight")] if name.endswith(".weight") else name for name in full]
+    short = [name.removesuffix(".weight_bits").removesuffix(".weight") for name in full]
     return [s if short.count(s) == 1 else f for s, f in zip(short, full)]
 
 
@@ -64,6 +77,10 @@ class FlipRateCallback(L.Callback):
         per_time_step: log ``flips/t<t>``.
         per_layer_time_step: also log ``flips/t<t>/<layer>`` (T × layers metrics).
         log_thresholds: log T-BSO's ``tbso/threshold_t<t>/<layer>``.
+        summary_batches: the end-of-training flip rate ``flips/final`` covers this many last batches.
+        warn_above: warn at the end of training if ``flips/final`` exceeds this fraction per step (None: never).
+        require_binary_optimizer: raise if the trainer has no BSO/T-BSO optimizer; ``False`` makes the callback
+            do nothing then (the CLI's default callbacks, which also serve the baselines).
 
     The time step of each ``optimizer.step`` is read from its ``time_step`` argument; a step called
     without one counts as the k-th call of the current batch (k = 0, 1, ...).
@@ -72,9 +89,20 @@ class FlipRateCallback(L.Callback):
     """
 
     def __init__(self, log_every_n_steps: Optional[int] = None, per_layer: bool = True,
-                 per_time_step: bool = True, per_layer_time_step: bool = False, log_thresholds: bool = True) -> None:
+                 per_time_step: bool = True, per_layer_time_step: bool = False, log_thresholds: bool = True,
+                 summary_batches: int = 10, warn_above: Optional[float] = 1e-3,
+                 require_binary_optimizer: bool = True) -> None:
         if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 0):
             raise ValueError(f"log_every_n_steps must be an int >= 0 or None, got {log_every_n_steps!r}")
+        if not isinstance(summary_batches, int) or isinstance(summary_batches, bool) or summary_batches < 1:
+            raise ValueError(f"summary_batches must be an int >= 1, got {summary_batches!r}")
+        if warn_above is not None and not 0.0 <= warn_above <= 1.0:
+            raise ValueError(f"warn_above must lie in [0, 1] or be None, got {warn_above!r}")
+        self.summary_batches = summary_batches
+        self.warn_above = warn_above
+        self.require_binary_optimizer = require_binary_optimizer
+        #: After training: {"flips/final": fraction per step over the last ``summary_batches`` batches, "batches": n}.
+        self.summary: dict[str, float] = {}
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.per_time_step = per_time_step
@@ -89,6 +117,7 @@ class FlipRateCallback(L.Callback):
         self._steps: list[int] = []  # optimizer steps per time step in the current interval
         self._time_steps_seen = 0
         self._calls_this_batch = 0
+        self._recent: list[Tensor] = []  # per batch: [flips, steps] (int64, on device), the last summary_batches
 
     # ------------------------------------------------------------------ setup / teardown
     def attach(self, optimizer: Any, module: Optional[torch.nn.Module] = None) -> None:
@@ -101,7 +130,7 @@ class FlipRateCallback(L.Callback):
         params = optimizer.binary_parameters()
         self._optimizer = optimizer
         self._names = binary_layer_names(module, params) if module is not None else [f"param{i}" for i in range(len(params))]
-        self._numel = [p.numel() for p in params]
+        self._numel = [binary_numel(p) for p in params]
         self._counts = torch.zeros((0, len(params)), dtype=torch.int64, device=params[0].device)
         self._steps = []
         self._time_steps_seen = 0
@@ -114,7 +143,13 @@ class FlipRateCallback(L.Callback):
             self._handle = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.attach(find_binary_optimizer(trainer.optimizers), pl_module)
+        try:
+            optimizer = find_binary_optimizer(trainer.optimizers)
+        except ValueError:
+            if self.require_binary_optimizer:
+                raise
+            return
+        self.attach(optimizer, pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.detach()
@@ -145,6 +180,43 @@ class FlipRateCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self._calls_this_batch = 0
+        if self._counts is not None:
+            self._batch_start = (self._counts.sum(), sum(self._steps))
+
+    def _remember_batch(self) -> None:
+        """Keep this batch's flips and steps for the end-of-training rate (device tensors: no sync)."""
+        start = getattr(self, "_batch_start", None)
+        if self._counts is None or start is None:
+            return
+        flips = self._counts.sum() - start[0]
+        steps = sum(self._steps) - start[1]
+        self._recent.append(torch.stack([flips, flips.new_tensor(steps)]))
+        del self._recent[:-self.summary_batches]
+        self._batch_start = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Flush the steps not yet logged and report the flip rate of the last ``summary_batches`` batches."""
+        if self._optimizer is None:
+            return
+        if sum(self._steps) > 0 and self._interval(trainer) > 0:
+            self._flush(trainer, logging_step(trainer))
+        if not self._recent:
+            return
+        flips, steps = torch.stack(self._recent).sum(0).tolist()
+        if steps == 0:
+            return
+        rate = flips / (steps * sum(self._numel))
+        self.summary = {"flips/final": rate, "batches": float(len(self._recent))}
+        trainer.callback_metrics["flips/final"] = torch.tensor(rate)
+        log_to_loggers(trainer, {"flips/final": rate}, step=logging_step(trainer))
+        rank_zero_info(f"FlipRateCallback: in the last {len(self._recent)} training batches "
+                       f"{100 * rate:.4f}% of the binary weights flipped per optimizer step (flips/final)")
+        if self.warn_above is not None and rate > self.warn_above and trainer.is_global_zero:
+            warnings.warn(
+                f"{100 * rate:.3f}% of the binary weights still flip per step at the end of training "
+                f"(> {100 * self.warn_above:.2f}%): the final weights are a noisy sample and will likely score "
+                "below the running training accuracy; decay γ and 1 − β to near zero over the run "
+                "(docs/hyperparameters.md)", LateFlipWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ logging (one sync per interval)
     def _interval(self, trainer: L.Trainer) -> int:
@@ -152,6 +224,7 @@ class FlipRateCallback(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._remember_batch()
         interval = self._interval(trainer)
         step = logging_step(trainer)
         if interval > 0 and ((step + 1) % interval == 0 or trainer.should_stop):

@@ -186,3 +186,53 @@ def test_layer_names_follow_the_module():
     model = nn.Sequential(BinaryLinear(2, 2), nn.Linear(2, 2), BinaryLinear(2, 2))
     params = [model[0].weight, model[2].weight, torch.zeros(1)]
     assert binary_layer_names(model, params) == ["0", "2", "param2"]
+
+
+# ----------------------------------------------------------------- end-of-training summary
+
+def test_final_flip_rate_covers_the_last_batches_and_warns(tmp_path):
+    from bso_lightning.callbacks.flip_rate import LateFlipWarning
+
+    callback = FlipRateCallback(summary_batches=2, log_every_n_steps=3)  # 4 batches: one step left unlogged
+    with pytest.warns(LateFlipWarning, match=r"still flip per step at the end of training"):
+        rows = _fit(tmp_path, FlipProbe("bso"), callback)
+    # batches 2 and 3: 15 flips per batch (2 steps), less the 3 skipped at batch 2, t = 0; 44 weights
+    expected = (15 + 12) / (4 * sum(NUMEL))
+    assert callback.summary == {"flips/final": pytest.approx(expected), "batches": 2.0}
+    assert rows_with(rows, "flips/final")[-1]["flips/final"] == pytest.approx(expected)
+    assert len(rows_with(rows, "flips/overall")) == 2  # the interval cut short by the end is flushed too
+
+
+def test_final_flip_rate_quiet_below_the_bound(tmp_path, recwarn):
+    callback = FlipRateCallback(summary_batches=10, warn_above=None)
+    _fit(tmp_path, FlipProbe("tbso"), callback, read=False)
+    assert callback.summary["flips/final"] == pytest.approx((3 * 15 + 12) / (8 * sum(NUMEL)))
+    assert callback.summary["batches"] == 4.0
+    assert not [w for w in recwarn if "flip per step" in str(w.message)]
+
+
+class _SGDOnly(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_flip_rate_callback_can_sit_idle_without_a_binary_optimizer(tmp_path):
+    callback = FlipRateCallback(require_binary_optimizer=False)
+    _fit(tmp_path, _SGDOnly(), callback, read=False)
+    assert callback.summary == {} and callback.history == []
+    with pytest.raises(ValueError, match="no optimizer with flip_counts"):
+        _fit(tmp_path / "strict", _SGDOnly(), FlipRateCallback(), read=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"summary_batches": 0}, "summary_batches must be an int >= 1"),
+                                             ({"warn_above": 2.0}, r"warn_above must lie in \[0, 1\]")])
+def test_summary_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FlipRateCallback(**kwargs)
