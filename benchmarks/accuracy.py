@@ -27,6 +27,7 @@ mean over seeds of the paired difference (same seed: same initialisation and bat
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                              "configs/reference/ ('paper', 'authors'); the other methods run once")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="BSO/T-BSO arguments applied after the setting, e.g. --set trace=ottt")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="no runs: re-render the report of the runs stored in this results .json (with its arguments)")
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2,
                         help="Adam learning rate of BPTT's latent weights (class default 1e-3 is slow on this budget)")
     _common.add_output_args(parser)
@@ -150,6 +153,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         if args.seeds == [0, 1, 2]:
             args.seeds = [0]
     _common.quiet_lightning()
+    if args.from_json is not None:
+        stored = json.loads(args.from_json.read_text())
+        rerun = argparse.Namespace(**{**vars(parser.parse_args([])), **stored["setting"], "out": args.out,
+                                      "from_json": args.from_json})
+        return report(stored["results"], rerun, stored["machine"])
 
     info = _common.machine_info()
     for setting in args.settings:
@@ -165,21 +173,30 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
               f"{r['test_acc']:.2f}% (running BN {r['test_acc_running_bn']:.2f}%)  (train {r['train_acc']:.2f}%)  "
               f"[{r['seconds']:.0f} s]", flush=True)
     results.sort(key=lambda r: runs.index((r["setting"], r["method"], r["time_steps"], r["seed"])))
-    all_results = results
-    results = [r for r in all_results if r["setting"] == args.settings[0]]
+    return report(results, args, info)
 
+
+def report(all_results: list[dict[str, Any]], args, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Print (and write, unless ``--quick``) the tables of ``all_results``; returns them."""
+    binary = ("bso", "tbso")
+    results = [r for r in all_results if r["setting"] == args.settings[0]]
     ts = sorted(set(args.time_steps))
 
-    def accs(m, t, key="test_acc"):
-        return [r[key] for r in results if r["method"] == m and r["time_steps"] == t]
+    def accs(m, t, key="test_acc", setting=args.settings[0]):
+        return [r[key] for r in all_results if r["method"] == m and r["time_steps"] == t and r["setting"] == setting]
 
     def cell(values):
         mu, sd = mean_std(values)
         return f"{mu:.2f} ± {sd:.2f}"
 
-    table = markdown_table(["method", *(f"T={t} test %" for t in ts), *(f"T={t} train %" for t in ts)],
-                           [[METHODS[m], *(cell(accs(m, t)) for t in ts), *(cell(accs(m, t, "train_acc")) for t in ts)]
-                            for m in args.methods])
+    rows = [(setting, m) for setting in args.settings for m in args.methods if m in binary or setting == args.settings[0]]
+    label = (lambda s, m: f"{METHODS[m]} [{s}]") if len(args.settings) > 1 else (lambda s, m: METHODS[m])
+    table = markdown_table(
+        ["method", *(f"T={t} test %" for t in ts), *(f"T={t} running-BN test %" for t in ts),
+         *(f"T={t} train %" for t in ts)],
+        [[label(s, m), *(cell(accs(m, t, setting=s)) for t in ts),
+          *(cell(accs(m, t, "test_acc_running_bn", setting=s)) for t in ts),
+          *(cell(accs(m, t, "train_acc", setting=s)) for t in ts)] for s, m in rows])
     targets = []
     if "ottt_fp" in args.methods:
         for t in ts:
@@ -211,11 +228,16 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         *differences,
         "Wall time per method (all runs): " + ", ".join(f"{METHODS[m]} {s:.0f} s" for m, s in seconds.items()),
     ])
-    if len(args.settings) > 1 or args.settings != ["default"]:
-        text = text.replace("Test accuracy, %,", f"Test accuracy, %, setting '{args.settings[0]}',", 1)
+    from_json = getattr(args, "from_json", None)
+    if from_json is not None:  # the stored runs' command, not the re-rendering one
+        ran = getattr(args, "command", None) or "(not stored; the runs' arguments are the JSON's \"setting\")"
+        text = text.replace(f"Command: `{_common.command_line()}`",
+                            f"Command: `{ran}` (report re-rendered from {from_json.name})", 1)
     print("\n" + text, flush=True)
+    setting_record = vars(args) | {"out": str(args.out), "from_json": None if from_json is None else str(from_json),
+                                   "command": getattr(args, "command", None) or _common.command_line()}
     _common.write_results(_common.output_dir(args), args.name, text,
-                          {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": all_results})
+                          {"machine": info, "setting": setting_record, "results": all_results})
     return all_results
 
 
