@@ -34,6 +34,13 @@ RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer")
 QUICKSTART_TRAINER = {"max_epochs": 8, "log_every_n_steps": 10}
 
 
+class BSOArgumentParser(LightningArgumentParser):
+    """jsonargparse's parser whose error output is the error, not the ~40-line usage of every option first."""
+
+    def print_usage(self, file: Any = None) -> None:
+        (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
+
+
 class BSOLightningCLI(LightningCLI):
     """LightningCLI with the DataModule's ``num_classes``/``in_channels`` linked into the model."""
 
@@ -164,6 +171,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
+        parser_class=BSOArgumentParser,
         run=run,
     )
 

@@ -72,6 +72,15 @@ def test_unknown_choice_is_a_parser_error_naming_the_key(workdir, capsys, key, v
     _fails(workdir, [f"--model.init_args.{key}", value], SystemExit, f'Parser key "{key}"', value, capsys=capsys)
 
 
+def test_parser_errors_are_not_buried_under_the_usage(workdir, capsys):
+    """Issue 14, case 10: the error used to follow a ~40-line usage of every option."""
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--model.init_args.optimizer", "adam"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: ") and err[0].endswith(" fit [options]") and len(err) < 15, err
+    assert any("Expected a typing.Literal['bso', 'tbso']. Got value: adam" in line for line in err)
+
+
 def test_model_without_binary_parameters(workdir, monkeypatch):
     def full_precision_only(num_classes, in_channels, **_):
         return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3), torch.nn.Flatten(),
