@@ -100,6 +100,16 @@ def test_full_precision_sgd_and_decay_offset_per_epoch(tmp_path, digits, referen
     assert record.buffers == [not authors] * 3
 
 
+def test_cosine_over_a_nominal_t_max(tmp_path, digits):
+    """cosine_epochs = 6 (the authors' T_max = 300 of 400, scaled) over 3 epochs: lr = 0.1·(1 + cos(πk/6))/2."""
+    L.seed_everything(0)
+    task = make_task(optimizer="bso", cosine_epochs=6, time_steps=1)
+    record = _Record()
+    make_trainer(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=0,
+                 callbacks=[record]).fit(task, datamodule=digits)
+    assert record.lrs == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(3)])
+
+
 def _accuracy(task, loader, num_classes=10):
     metric = MulticlassAccuracy(num_classes)
     task.eval()
