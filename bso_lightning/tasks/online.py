@@ -147,6 +147,9 @@ class OnlineClassifier(TimeSteppedClassifier):
         check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         if not isinstance(schedule_offset, int) or isinstance(schedule_offset, bool) or schedule_offset < 0:
             raise ValueError(f"schedule_offset must be an int >= 0, got {schedule_offset!r}")
+        if schedule_offset and schedule != "step":
+            raise ValueError(f"schedule_offset={schedule_offset} delays the steps of schedule='step'; "
+                             f"schedule={schedule!r} has none (set schedule_offset: 0 or schedule: step)")
         # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
         check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         self._check_shared_hyperparameters()

@@ -37,7 +37,8 @@ def test_eps_placement_reaches_tbso_and_decides_the_flip(placement, flips):
 
 def test_bad_reference_options_name_the_argument():
     for kwargs, name in (({"eps_placement": "middle"}, "eps_placement"), ({"lr_schedule": "step"}, "lr_schedule"),
-                         ({"schedule_offset": -1}, "schedule_offset")):
+                         ({"schedule_offset": -1}, "schedule_offset"),
+                         ({"schedule_offset": 1, "schedule": "inv_sqrt"}, "schedule_offset")):
         with pytest.raises(ValueError, match=name):
             make_task(**kwargs)
 
