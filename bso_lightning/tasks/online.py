@@ -80,7 +80,9 @@ class OnlineClassifier(TimeSteppedClassifier):
         decay: membrane decay λ of every neuron.
         v_threshold: firing threshold Vth of every neuron.
         bn_recalibration_batches: before every validation/test/predict epoch, re-estimate BatchNorm
-            statistics over this many training batches with the current weights (0 disables it).
+            statistics over this many training batches with the current weights (0 disables it). Evaluation
+            logs ``{val,test}/acc`` with the re-estimated statistics and ``{val,test}/acc_running_bn`` with the
+            running ones training left (the authors' evaluation; one more forward per batch while re-estimating).
         nonfinite: what NaN/Inf does (see ``bso_lightning.tasks.faults``). ``"skip"``: a batch whose input is
             not finite is dropped (one host sync per batch for that check; one summary warning per epoch); a
             non-finite gradient changes nothing (BSO/T-BSO skip that tensor, the SGD step is undone on the
