@@ -45,7 +45,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Accept numpy arrays and nothing else: a data file must never run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes (data, not code)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -147,6 +148,26 @@ def run_one(method: str, seed: int, args) -> dict[str, Any]:
             "overrides": extra}
 
 
+def results_from_log(path: Path) -> list[dict[str, Any]]:
+    """The runs printed by this script (``  <method> seed=<s>: ep <e>: test <a> / train <b>, ...  [<t> s]``)."""
+    import re
+
+    labels = {label: m for m, label in METHODS.items()}
+    out = []
+    for line in path.read_text().splitlines():
+        head = re.match(r"\s+(.+?)\s+seed=(\d+): (.*)\[(\d+) s\]$", line)
+        if not head or head.group(1) not in labels:
+            continue
+        curve = [{"epoch": float(e), "test_acc": float(a), "train_acc": float(b)}
+                 for e, a, b in re.findall(r"ep ([0-9.]+): test ([0-9.]+) / train ([0-9.]+)", head.group(3))]
+        out.append({"method": labels[head.group(1)], "seed": int(head.group(2)), "curve": curve,
+                    "test_acc": curve[-1]["test_acc"], "train_acc": curve[-1]["train_acc"],
+                    "last_step_flip_fraction": None, "seconds": float(head.group(4)), "overrides": {}})
+    if not out:
+        raise SystemExit(f"no run lines in {path}")
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     import yaml
 
@@ -217,6 +238,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
     parser.add_argument("--name", default="real_data", help="stem of the result files")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="METHOD:SEED",
+                        help="run exactly these (method, seed) pairs in this order instead of --methods × --seeds")
+    parser.add_argument("--from-log", type=Path, nargs="+", default=None,
+                        help="rebuild the tables and plot from the per-run lines this script printed into a log "
+                             "(runs of an interrupted invocation); the other arguments must match that invocation")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     args.overrides = parse_overrides(args.overrides)
@@ -230,8 +256,18 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
 
     info = _common.machine_info()
     runs = [(m, s) for m in args.methods for s in args.seeds]
+    if args.runs:
+        runs = [(item.partition(":")[0], int(item.partition(":")[2])) for item in args.runs]
+        bad = [m for m, _ in runs if m not in METHODS]
+        if bad:
+            raise SystemExit(f"--runs: unknown method(s) {bad}; choose from {sorted(METHODS)}")
     results = []
-    for r in _common.run_parallel(run_one, runs, args, jobs=args.jobs):
+    if args.from_log is not None:
+        results = [r for log in args.from_log for r in results_from_log(log)]
+        runs = [(m, s) for m, s in runs if any(r["method"] == m and r["seed"] == s for r in results)]
+        args.methods = [m for m in args.methods if any(r["method"] == m for r in results)]
+        info["note"] = "rebuilt from the lines printed into " + ", ".join(str(p) for p in args.from_log)
+    for r in _common.run_parallel(run_one, runs, args, jobs=args.jobs) if args.from_log is None else ():
         results.append(r)
         print(f"  {METHODS[r['method']]:<22} seed={r['seed']}: " + ", ".join(
             f"ep {p['epoch']:g}: test {p['test_acc']:.2f} / train {p['train_acc']:.2f}" for p in r["curve"])
@@ -249,7 +285,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
             cells.append(f"{mu:.2f} ± {sd:.2f} ({tr:.1f})")
         gap = max(r["curve"][i]["train_acc"] - r["curve"][i]["test_acc"] for r in rs for i in range(len(xs)))
         rows.append([METHODS[m], *cells, f"{gap:+.2f}", f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
-    table = markdown_table(["method", *(f"epoch {x:g}: test % (train %)" for x in xs),
+    table = markdown_table(["method", *(f"epoch {x:.2f}: test % (train %)" for x in xs),
                             "max (train − test)", "s / run"], rows)
     finals = {m: mean_std([r["test_acc"] for r in results if r["method"] == m])[0] for m in args.methods}
     verdicts = []
@@ -259,7 +295,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                 gap = finals[m] - finals["ottt_fp"]
                 note = f" (goal ≥ −2.00: {'met' if gap >= -2.0 else 'MISSED'})" if m in ("bso", "tbso") else ""
                 verdicts.append(f"- {METHODS[m]} − OTTT-FP at the end: {gap:+.2f} points{note}")
-    flips = {m: [r["last_step_flip_fraction"] for r in results if r["method"] == m] for m in ("bso", "tbso")}
+    flips = {m: [r["last_step_flip_fraction"] for r in results if r["method"] == m
+                 and r["last_step_flip_fraction"] is not None] for m in ("bso", "tbso")}
     flip_line = ", ".join(f"{METHODS[m]} {100 * mean_std(v)[0]:.4f}%" for m, v in flips.items() if v)
     setting = (f"MNIST from the `{MNIST_WHEEL}` wheel: 50,000 training images, curve on the 10,000 test images; "
                f"small_cnn width {args.width} at {args.image_size}×{args.image_size}, T = {args.time_steps}, batch {args.batch_size}, "
@@ -269,7 +306,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                f"one torch thread per run, {args.jobs} run(s) at a time")
     text = "\n".join([
         _common.report_header("Real data: MNIST (50,000 training images)", info),
-        f"Setting: {setting}.", "",
+        f"Setting: {setting}." + (f" ({info['note']}.)" if info.get("note") else ""), "",
         "Test accuracy of the current weights in eval mode, mean ± sample std over seeds (running training "
         "accuracy of the epoch so far in brackets):", "", table, "", *verdicts, "",
         f"Fraction of binary weights flipped at the last optimizer step: {flip_line or '—'}",

@@ -44,7 +44,7 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
     fit = build_cli(["fit", "--trainer.enable_progress_bar", "false"])
     accuracy = float(fit.trainer.callback_metrics["test/acc"])
     assert accuracy >= 0.97, fit.trainer.callback_metrics
-    assert 0.0 <= float(fit.trainer.callback_metrics["flips/final"]) < 1e-3  # the schedule has stilled the flips
+    assert 0.0 <= float(fit.trainer.callback_metrics["flips/final"]) < 1e-2  # below LateFlipWarning's bound
 
     checkpoints = sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/*.ckpt"))
     assert checkpoints, "fit saved no checkpoint"
