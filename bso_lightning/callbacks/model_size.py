@@ -15,6 +15,7 @@ from torch import nn
 
 from bso_lightning.callbacks._logging import log_to_loggers, logging_step
 from bso_lightning.models import model_size_bytes
+from bso_lightning.nn.packed import binary_numel
 from bso_lightning.nn.routing import split_parameters
 
 __all__ = ["ModelSizeCallback", "model_size_metrics"]
@@ -25,7 +26,7 @@ def model_size_metrics(model: nn.Module) -> dict[str, float]:
     split = split_parameters(model)
     return {
         "model/size_bytes": float(model_size_bytes(model)),
-        "model/binary_params": float(sum(p.numel() for p in split.binary)),
+        "model/binary_params": float(sum(binary_numel(p) for p in split.binary)),
         "model/full_precision_params": float(sum(p.numel() for p in split.full_precision)),
     }
 

@@ -197,26 +197,30 @@ class BinaryOptimizer(torch.optim.Optimizer):
         self._backward_hooks = []
         if not enabled:
             return
-        group_of = {id(p): group for group in self.param_groups for p in group["params"]}
         for p in chain.from_iterable(g["params"] for g in self.param_groups):
-            hook = self._make_backward_hook(group_of[id(p)])
             register = p.register_grad_ready_hook if is_packed(p) else p.register_post_accumulate_grad_hook
-            self._backward_hooks.append(register(hook))
+            self._backward_hooks.append(register(self._backward_hook))
 
     def set_backward_time_step(self, time_step: int) -> None:
         """The time step t that :meth:`step_in_backward` passes to the update."""
         self._backward_time_step = time_step
 
-    def _make_backward_hook(self, group: dict[str, Any]) -> Callable[[Tensor], None]:
-        def hook(p: Tensor) -> None:
-            with torch.no_grad():
-                self._check_group(group)
-                self._ensure_state(p)
-                self._step_params(group, [p], self._backward_time_step)
-            clear_binary_grad(p)
-            self._stepped_in_backward.add(id(p))
+    def _group_of(self, p: Tensor) -> dict[str, Any]:
+        """The param group holding ``p``, looked up at call time (``load_state_dict`` replaces the group dicts)."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise KeyError("parameter is not in this optimizer")
 
-        return hook
+    def _backward_hook(self, p: Tensor) -> None:
+        """Step ``p`` now that its gradient is complete, then free the gradient."""
+        group = self._group_of(p)
+        with torch.no_grad():
+            self._check_group(group)
+            self._ensure_state(p)
+            self._step_params(group, [p], self._backward_time_step)
+        clear_binary_grad(p)
+        self._stepped_in_backward.add(id(p))
 
     @property
     def steps_in_backward(self) -> bool:

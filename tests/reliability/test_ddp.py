@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.reliability.helpers import REPO, assert_same
@@ -17,7 +18,10 @@ def _console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bso_lightning.cli"]
 
 
-def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
+@pytest.mark.parametrize("storage, momentum_dtype", [("dense", "float32"), ("packed", "bfloat16")])
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, storage, momentum_dtype):
+    """Packed weights: DDP does not reduce their gradient (it is no ``.grad``), the classifier all-reduces it before
+    the step; ranks that train on different data stay bit-identical only if both flip with the averaged G."""
     dump = tmp_path / "dump"
     command = [
         *_console_script(), "fit",
@@ -27,7 +31,8 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--model.init_args.arch_kwargs", '{"width": 8}', "--model.init_args.time_steps", "2",
         "--model.init_args.bn_recalibration_batches", "2", "--data.init_args.batch_size", "16",
-        "--test_after_fit", "false",
+        "--test_after_fit", "false", "--model.init_args.weight_storage", storage,
+        "--model.init_args.momentum_dtype", momentum_dtype,
         "--trainer.callbacks+=bso_lightning.callbacks.FlipRateCallback",
         "--trainer.callbacks+=bso_lightning.callbacks.MemoryCallback",
         "--trainer.callbacks+=tests.reliability.helpers.DumpState", "--trainer.callbacks.dirpath", str(dump),
@@ -42,7 +47,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
     # optimizer state (momentum, per-t second moments) and schedules on both processes
     for key in ("model", "optimizers", "schedulers", "global_step"):
         assert_same(ranks[0][key], ranks[1][key], key)
-    assert ranks[0]["momentum_dtypes"] == ["torch.float32"] * 2
+    assert ranks[0]["momentum_dtypes"] == [f"torch.{momentum_dtype}"] * 2
     # metrics reduced over the processes: accuracy (torchmetrics) and the evaluation loss (sync_dist)
     for key in ("train/acc", "val/acc", "val/loss"):
         assert torch.equal(ranks[0]["metrics"][key], ranks[1]["metrics"][key]), key
