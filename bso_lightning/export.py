@@ -35,7 +35,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bso_lightning.atomic import atomic_file
 from bso_lightning.models import ARCHITECTURES, ModelSpec, build_model, model_size_bytes
+from bso_lightning.nn.packed import binary_shape, is_packed
 from bso_lightning.nn.routing import split_parameters
 from bso_lightning.tasks.faults import read_checkpoint
 
@@ -100,6 +101,10 @@ def _model_and_spec(obj: nn.Module, arch: Optional[str],
 
 
 def _encode(name: str, tensor: Tensor, binary: bool) -> tuple[dict[str, Any], bytes]:
+    if is_packed(tensor):  # written straight from the 1-bit training state: the bits are already this format
+        entry = {"name": name.removesuffix("_bits"), "shape": list(tensor.logical_shape), "dtype": "float32",
+                 "kind": "binary"}
+        return entry, tensor.detach().cpu().numpy().tobytes()
     t = tensor.detach().cpu()
     entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     if binary:
@@ -144,16 +149,8 @@ def export_packed(model: nn.Module, path: PathLike, arch: Optional[str] = None,
                         separators=(",", ":")).encode("utf-8")
     body = header + payload
     blob = MAGIC + _LENGTH.pack(len(header)) + body + _LENGTH.pack(zlib.crc32(body))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(blob)
     return len(blob)
 
 
@@ -164,7 +161,7 @@ def _check_rebuildable(arch: str, kwargs: dict[str, Any], state: Mapping[str, Te
     except Exception as exc:  # noqa: BLE001 - report what the header would fail to rebuild
         raise ValueError(f"build_model({arch!r}, **{kwargs}) fails, so the export could not be loaded: {exc}") from exc
     expected = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in state.items()}
+    actual = {(k.removesuffix("_bits") if is_packed(v) else k): tuple(binary_shape(v)) for k, v in state.items()}
     if expected != actual:
         diff = sorted(set(expected.items()) ^ set(actual.items()))[:5]
         raise ValueError(f"build_model({arch!r}, **{kwargs}) builds a model with other tensors than the one "

@@ -21,9 +21,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.faults import EvaluationInputs, check_compatible, check_state_dict_fits
+from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor
 from bso_lightning.tasks.loss import online_loss
+from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state, load_batchnorm_state
 from bso_lightning.tasks.state_guard import StateGuard, check_loaded_state, guarded_tensors
-from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,11 @@ class TimeSteppedClassifier(L.LightningModule):
         functional.reset_net(self.model)
         return total / self.hparams.time_steps
 
-    def _online_time_loop(self, x: Tensor, y: Tensor, step: Callable[[int], None]) -> tuple[Tensor, Tensor]:
+    def _online_time_loop(self, x: Tensor, y: Tensor, step: Callable[[int], None],
+                          before_backward: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
         """Online training on one batch; returns the summed outputs and losses (detached).
 
-        Resets the neurons; for t = 0..T−1: forward, L[t] (Eq. 8), backward, then — with
+        Resets the neurons; for t = 0..T−1: forward, L[t] (Eq. 8), ``before_backward(t)``, backward, then — with
         ``update_mode="realtime"`` — ``step(t)`` and zeroed gradients; with ``"accumulated"`` only after the
         last step, as ``step(0)``.
         """
@@ -112,6 +114,8 @@ class TimeSteppedClassifier(L.LightningModule):
         for t in range(hp.time_steps):
             out = self.model(input_at_time_step(x, t))
             loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
+            if before_backward is not None:
+                before_backward(t)
             self.manual_backward(loss)
             if realtime or t == hp.time_steps - 1:
                 step(t if realtime else 0)
@@ -249,14 +253,39 @@ class TimeSteppedClassifier(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._recalibrate_keeping_running_stats()
 
+    #: ``running train accuracy − val/acc`` above this (a fraction) warns once per run (tasks/gap.py).
+    accuracy_gap_margin: float = DEFAULT_GAP_MARGIN
+
+    def on_validation_epoch_end(self) -> None:
+        """Give training its running BatchNorm statistics back (validation only reads them, so a run resumed from a
+        checkpoint taken before a validation continues exactly), then log the running training accuracy of the
+        epoch so far next to ``val/acc`` (the current weights in eval mode): ``val/train_acc_running`` and
+        ``val/acc_gap`` (their difference); warn once when the gap exceeds :attr:`accuracy_gap_margin`
+        (:mod:`bso_lightning.tasks.gap`). One host sync per validation."""
+        reading = getattr(self, "_running_bn_reading", None)
+        if reading is not None and reading.recalibrated is not None and self._trainer is not None \
+                and self.trainer.state.fn == "fit":
+            load_batchnorm_state(self.model, reading.running)
+        if self._trainer is None or self.trainer.sanity_checking or not self.train_acc.update_called \
+                or not self.val_acc.update_called:
+            return
+        running, held_out = float(self.train_acc.compute()), float(self.val_acc.compute())
+        if getattr(self, "_gap_monitor", None) is None:
+            self._gap_monitor = AccuracyGapMonitor(self.accuracy_gap_margin)
+        gap = self._gap_monitor.check(running, held_out, f"validation at epoch {self.current_epoch} "
+                                                         f"(global_step {self.trainer.global_step})")
+        self.log("val/train_acc_running", running, sync_dist=False)
+        self.log("val/acc_gap", gap, sync_dist=False)
+
     def on_test_epoch_start(self) -> None:
         self._recalibrate_keeping_running_stats()
 
     def _recalibrate_keeping_running_stats(self) -> None:
         """Copy the running BatchNorm statistics, then re-estimate: ``{stage}/acc`` reads the re-estimated ones,
-        ``{stage}/acc_running_bn`` the copy (one more forward per batch; none without re-estimation). The
-        model keeps the re-estimated statistics afterwards (checkpoints, export); training's momentum updates
-        replace them within a few dozen forwards (momentum 0.1: 0.9^(T·batches) of them remains)."""
+        ``{stage}/acc_running_bn`` the copy (one more forward per batch; none without re-estimation). During
+        ``fit`` the running statistics are put back after each validation: training never sees evaluation's
+        statistics, so checkpoints hold training's own and a resumed run continues exactly. After ``test`` and
+        ``predict`` the model keeps the re-estimated ones (``export_packed(task)`` after ``trainer.test``)."""
         running = batchnorm_state(self.model)
         used = self.recalibrate_batchnorm()
         self._running_bn_reading = RunningBatchNormReading(running, batchnorm_state(self.model) if used else None)

@@ -21,11 +21,16 @@ from torch import Tensor
 
 from bso_lightning.models import build_model_from_hparams
 from bso_lightning.nn import binarize_
+from bso_lightning.nn.layers import WEIGHT_STORAGES, set_weight_storage_
+from bso_lightning.nn.packed import binary_grad, is_packed
+from bso_lightning.nn.saved_activations import SAVED_ACTIVATION_DTYPES, compact_saved_activations
+from bso_lightning.optim.base import MOMENTUM_DTYPES
 from bso_lightning.optim import (
     BSO, TBSO, BinaryHyperparameterScheduler, ConstantDecay, InverseSqrtDecay, StepDecay, check_partition,
     split_parameters,
 )
 from bso_lightning.optim.checks import check_betas, check_decay, check_eps, check_threshold
+from bso_lightning.optim.schedules import RUN_DECAYS, run_decay
 from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
 from bso_lightning.tasks.batch import check_time_steps
 from bso_lightning.tasks.faults import (
@@ -37,7 +42,7 @@ from bso_lightning.tasks.state_guard import check_loaded_state
 OPTIMIZERS = ("bso", "tbso")
 EPS_PLACEMENTS = ("inside", "outside")
 LR_SCHEDULES = ("cosine", "constant")
-SCHEDULES = ("constant", "step", "inv_sqrt")
+SCHEDULES = ("constant", "step", "inv_sqrt", *RUN_DECAYS)
 NONFINITE = ("skip", "raise")
 
 
@@ -64,8 +69,15 @@ class OnlineClassifier(TimeSteppedClassifier):
         fused_optimizer: step BSO/T-BSO through their ``torch.compile``d update (``fused=True``): the same
             update (up to float32 rounding of the momentum), about 2× faster; the first step compiles
             (~20 s on CPU, needs a C++ compiler; Triton on CUDA).
-        schedule: decay of γ and 1 − β (β1): ``"constant"``, ``"step"`` (× ``schedule_factor`` every
-            ``schedule_every`` units) or ``"inv_sqrt"`` (1/sqrt(1 + k/``schedule_scale``)).
+        schedule: decay of γ and 1 − β (β1). Default ``"run_exp"`` with ``schedule_final=1e-3`` (measured:
+            docs/hyperparameters.md). In ``schedule_interval`` units (the paper configs): ``"constant"``,
+            ``"step"`` (× ``schedule_factor`` every ``schedule_every`` units) or ``"inv_sqrt"``
+            (1/sqrt(1 + k/``schedule_scale``)).
+            Relative to the run (they advance once per training batch, k/total = the fraction of the run's
+            batches done, ``schedule_interval`` is ignored): ``"run_step"`` (× ``schedule_factor`` every
+            ``schedule_fraction`` of the run; 0.125 is the authors' 50-of-400 epochs), ``"run_exp"`` (log-linear
+            from 1 to ``schedule_final`` at the end) or ``"run_inv_sqrt"`` (1/√k reaching ``schedule_final``).
+            See docs/hyperparameters.md.
         schedule_interval: unit k of the schedule: ``"epoch"`` or ``"step"`` (one per training batch).
         schedule_offset: ``schedule="step"`` only — delay every decay step by this many units (the authors'
             scheduler decays one epoch later than ``offset=0``: their first decayed epoch is 51, not 50).
@@ -117,12 +129,18 @@ class OnlineClassifier(TimeSteppedClassifier):
         eps_placement: Literal["inside", "outside"] = "inside",
         reset_momentum_on_flip: bool = False,
         fused_optimizer: bool = False,
-        schedule: Literal["constant", "step", "inv_sqrt"] = "constant",
+        weight_storage: Literal["dense", "packed"] = "dense",
+        momentum_dtype: Literal["float32", "bfloat16"] = "float32",
+        step_in_backward: bool = True,
+        saved_activation_dtype: Literal["float32", "bfloat16"] = "float32",
+        schedule: Literal["constant", "step", "inv_sqrt", "run_step", "run_exp", "run_inv_sqrt"] = "run_exp",
         schedule_interval: Literal["epoch", "step"] = "epoch",
         schedule_every: int = 50,
         schedule_factor: float = 0.1,
         schedule_scale: float = 1.0,
         schedule_offset: int = 0,
+        schedule_fraction: float = 0.125,
+        schedule_final: float = 1e-3,
         lr: float = 0.1,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         momentum: float = 0.9,
@@ -143,23 +161,29 @@ class OnlineClassifier(TimeSteppedClassifier):
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
         check_choice("nonfinite", nonfinite, NONFINITE)
-        if not 0.0 <= max_skipped_fraction <= 1.0:
-            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction!r}")
         check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+        check_choice("weight_storage", weight_storage, WEIGHT_STORAGES)
+        check_choice("momentum_dtype", momentum_dtype, tuple(MOMENTUM_DTYPES))
+        check_choice("saved_activation_dtype", saved_activation_dtype, SAVED_ACTIVATION_DTYPES)
         check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         if not isinstance(schedule_offset, int) or isinstance(schedule_offset, bool) or schedule_offset < 0:
             raise ValueError(f"schedule_offset must be an int >= 0, got {schedule_offset!r}")
         if schedule_offset and schedule != "step":
             raise ValueError(f"schedule_offset={schedule_offset} delays the steps of schedule='step'; "
                              f"schedule={schedule!r} has none (set schedule_offset: 0 or schedule: step)")
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction!r}")
         # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
         check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         self._check_shared_hyperparameters()
-        self.model = build_model_from_hparams(self.hparams)
+        self.model = set_weight_storage_(build_model_from_hparams(self.hparams), weight_storage)
         self.split = split_parameters(self.model)
         if not self.split.binary:
             raise ValueError(f"arch {arch!r} has no binary parameters for {optimizer.upper()} to train")
         self._make_binary_optimizer()  # validates the BSO/T-BSO hyper-parameters before any training
+        for name, value in (("schedule_fraction", schedule_fraction), ("schedule_final", schedule_final)):
+            if not 0.0 < value <= 1.0:  # checked even where the schedule does not use it
+                raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
         self._make_schedule_decay()
         if pretrained:
             self._load_pretrained_weights(pretrained)
@@ -188,12 +212,18 @@ class OnlineClassifier(TimeSteppedClassifier):
         hp = self.hparams
         if hp.optimizer == "bso":
             return BSO(self.split.binary, threshold=hp.threshold, beta=hp.beta,
-                       reset_momentum_on_flip=hp.reset_momentum_on_flip, fused=hp.fused_optimizer)
+                       reset_momentum_on_flip=hp.reset_momentum_on_flip, fused=hp.fused_optimizer,
+                       momentum_dtype=hp.get("momentum_dtype", "float32"))
         return TBSO(self.split.binary, threshold=hp.threshold, betas=tuple(hp.betas), eps=hp.eps,
-                    eps_placement=hp.eps_placement, fused=hp.fused_optimizer)
+                    eps_placement=hp.eps_placement, fused=hp.fused_optimizer,
+                    momentum_dtype=hp.get("momentum_dtype", "float32"))
 
     def _make_schedule_decay(self):
         hp = self.hparams
+        if hp.schedule in RUN_DECAYS:  # built for one batch until the trainer knows the run's length
+            total = self._run_length_batches() if self._trainer is not None else 1
+            return run_decay(hp.schedule, total, fraction=hp.schedule_fraction, factor=hp.schedule_factor,
+                             final=hp.schedule_final)
         if hp.schedule == "step":
             return StepDecay(every=hp.schedule_every, factor=hp.schedule_factor, offset=hp.schedule_offset)
         if hp.schedule == "inv_sqrt":
@@ -224,8 +254,10 @@ class OnlineClassifier(TimeSteppedClassifier):
             self._advance_schedules()
             self._end_of_batch_faults()
             return None
-        output_sum, loss_sum = self._online_time_loop(
-            x, y, lambda time_step: self._optimizer_step(binary_opt, fp_opt, time_step, batch_idx))
+        with compact_saved_activations(hp.get("saved_activation_dtype", "float32")):
+            output_sum, loss_sum = self._online_time_loop(
+                x, y, lambda time_step: self._optimizer_step(binary_opt, fp_opt, time_step, batch_idx),
+                before_backward=self._before_backward)
         self._log_train(output_sum, loss_sum, y)
         self._log_faults(binary_opt, len(y))
         self._advance_schedules()
@@ -233,8 +265,28 @@ class OnlineClassifier(TimeSteppedClassifier):
         return loss_sum
 
     def _schedule_intervals(self) -> tuple[str, ...]:
-        """The cosine learning rate steps per epoch, the BSO/T-BSO schedule per ``schedule_interval``."""
-        return ("epoch", self.hparams.schedule_interval)
+        """The cosine learning rate steps per epoch, the BSO/T-BSO schedule per ``schedule_interval`` (per batch
+        for the ``run_*`` schedules)."""
+        return ("epoch", "step" if self.hparams.schedule in RUN_DECAYS else self.hparams.schedule_interval)
+
+    def _run_length_batches(self) -> int:
+        """Training batches in the whole run: ``max_epochs`` × batches per epoch, or fewer where ``max_steps``
+        (2·T optimizer steps per batch in ``realtime`` mode, 2 in ``accumulated``) ends it earlier."""
+        trainer = self.trainer
+        steps_per_batch = 2 * (self.hparams.time_steps if self.hparams.update_mode == "realtime" else 1)
+        lengths = []
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            lengths.append(-(-trainer.max_steps // steps_per_batch))
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            if trainer.train_dataloader is None:
+                trainer.fit_loop.setup_data()
+            per_epoch = trainer.num_training_batches
+            if per_epoch != float("inf"):
+                lengths.append(int(per_epoch) * trainer.max_epochs)
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"schedule {self.hparams.schedule!r} is relative to the run: set trainer.max_epochs "
+                             "or trainer.max_steps (a finite run with at least one batch)")
+        return min(lengths)
 
     # ----------------------------------------------------------------- non-finite values
     def _skip_nonfinite_input(self, x: Tensor, batch_idx: int) -> bool:
@@ -257,7 +309,7 @@ class OnlineClassifier(TimeSteppedClassifier):
     def _end_of_batch_faults(self) -> None:
         """Count the batch; after the epoch's last one, summarise (or refuse) the batches it dropped."""
         self._epoch_batches += 1
-        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if self.trainer.is_last_batch:
             self._report_skipped_batches()
 
     def _report_skipped_batches(self) -> None:
@@ -271,8 +323,9 @@ class OnlineClassifier(TimeSteppedClassifier):
             self._report_skipped_batches()
 
     def _optimizer_step(self, binary_opt, fp_opt, time_step: int, batch_idx: int) -> None:
+        self._all_reduce_packed_grads()
         if self.hparams.nonfinite == "raise":
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grads = [g for g in (binary_grad(p) for p in self.model.parameters()) if g is not None]
             if not bool(all_finite(grads)):  # one host sync per time step in "raise" mode
                 raise NonFiniteError(
                     f"batch {batch_idx} of epoch {self.current_epoch}, time step {time_step}: the gradient of "
@@ -285,6 +338,39 @@ class OnlineClassifier(TimeSteppedClassifier):
         binary_opt.step(time_step=time_step)  # leaves a tensor with a non-finite update as it is (no sync)
         step_if(fp_opt, ok)  # the SGD step is undone on the device if a full-precision gradient is not finite
         self._fault_counts[1] += ~ok
+
+    # ----------------------------------------------------------------- stepping inside the backward
+    def _steps_in_backward(self) -> bool:
+        """Step each binary tensor inside the backward (``step_in_backward``): realtime mode, one process, and
+        ``nonfinite='skip'`` (under DDP the gradient must be all-reduced first, so the ordinary step is used)."""
+        hp = self.hparams
+        return (hp.get("step_in_backward", False) and hp.update_mode == "realtime" and hp.nonfinite == "skip"
+                and self.trainer.world_size == 1)
+
+    def _before_backward(self, time_step: int) -> None:
+        if self._backward_stepping:
+            self._binary_optimizer().set_backward_time_step(time_step)
+
+    def _binary_optimizer(self):
+        return self.trainer.optimizers[0]
+
+    def on_fit_start(self) -> None:
+        self._backward_stepping = self._steps_in_backward()
+        self._binary_optimizer().step_in_backward(self._backward_stepping)
+        super_hook = getattr(super(), "on_fit_start", None)
+        if super_hook is not None:
+            super_hook()
+
+    def on_fit_end(self) -> None:
+        self._binary_optimizer().step_in_backward(False)
+
+    def _all_reduce_packed_grads(self) -> None:
+        """Under DDP, average the gradients that packed layers handed over (DDP only reduces ``.grad``)."""
+        if self.trainer.world_size == 1:
+            return
+        for p in self.split.binary:
+            if is_packed(p) and p.packed_grad is not None:
+                p.packed_grad = self.trainer.strategy.reduce(p.packed_grad, reduce_op="mean")
 
     def _log_faults(self, binary_opt, batch_size: int) -> None:
         """Cumulative counts (no host sync): batches dropped, updates skipped for non-finite gradients."""
