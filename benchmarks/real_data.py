@@ -261,6 +261,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         bad = [m for m, _ in runs if m not in METHODS]
         if bad:
             raise SystemExit(f"--runs: unknown method(s) {bad}; choose from {sorted(METHODS)}")
+        args.methods = list(dict.fromkeys(m for m, _ in runs))
     results = []
     if args.from_log is not None:
         results = [r for log in args.from_log for r in results_from_log(log)]
@@ -284,8 +285,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
             tr = mean_std([r["curve"][i]["train_acc"] for r in rs])[0]
             cells.append(f"{mu:.2f} ± {sd:.2f} ({tr:.1f})")
         gap = max(r["curve"][i]["train_acc"] - r["curve"][i]["test_acc"] for r in rs for i in range(len(xs)))
-        rows.append([METHODS[m], *cells, f"{gap:+.2f}", f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
-    table = markdown_table(["method", *(f"epoch {x:.2f}: test % (train %)" for x in xs),
+        rows.append([METHODS[m], len(rs), *cells, f"{gap:+.2f}", f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
+    table = markdown_table(["method", "seeds", *(f"epoch {x:.2f}: test % (train %)" for x in xs),
                             "max (train − test)", "s / run"], rows)
     finals = {m: mean_std([r["test_acc"] for r in results if r["method"] == m])[0] for m in args.methods}
     verdicts = []
@@ -316,8 +317,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.write_results(out, args.name, text,
                           {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": results})
     if out is not None:
+        seeds = ", ".join(f"{METHODS[m]} {sum(r['method'] == m for r in results)}" for m in args.methods)
         plot(results, args.methods, out / f"{args.name}.png",
-             f"MNIST {args.image_size}×{args.image_size}, small_cnn w{args.width}, T={args.time_steps}, batch {args.batch_size}, {len(args.seeds)} seeds")
+             f"MNIST {args.image_size}×{args.image_size}, small_cnn w{args.width}, T={args.time_steps}, "
+             f"batch {args.batch_size}; seeds: {seeds}")
     return results
 
 
