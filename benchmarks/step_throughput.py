@@ -50,6 +50,7 @@ from torch import nn  # noqa: E402
 
 from bso_lightning.models import build_model  # noqa: E402
 from bso_lightning.nn import OnlineLIFNode, SpikeTraceMap  # noqa: E402
+from bso_lightning.nn.packed import PackedBinaryParameter  # noqa: E402
 from bso_lightning.optim import BSO, TBSO, split_parameters  # noqa: E402
 
 PATHS = {"ours": "ours (trace op, one pass)", "spikingjelly": "spikingjelly OTTTSequential",
@@ -254,8 +255,16 @@ def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int]
             p.grad = g.clone()
         return ps
 
+    def packed():  # the same weights stored as bits; their gradient as the layers hand it over
+        ps = [PackedBinaryParameter.from_signs(w.detach()) for w in weights]
+        for p, g in zip(ps, grads):
+            p.packed_grad = g.clone()
+        return ps
+
     bso, tbso, sgd = BSO(copies()), TBSO(copies()), torch.optim.SGD(copies(), lr=0.1, momentum=0.9, foreach=True)
-    fns = {"BSO": bso.step, "T-BSO": lambda: tbso.step(time_step=0), "SGD": sgd.step}
+    bso_p, tbso_p = BSO(packed()), TBSO(packed(), momentum_dtype="bfloat16")
+    fns = {"BSO": bso.step, "T-BSO": lambda: tbso.step(time_step=0), "SGD": sgd.step,
+           "BSO (packed)": bso_p.step, "T-BSO (packed, bf16 momentum)": lambda: tbso_p.step(time_step=0)}
     if fused:
         bso_f, tbso_f = BSO(copies(), fused=True), TBSO(copies(), fused=True)
         for name, fn in (("BSO (fused=True)", bso_f.step), ("T-BSO (fused=True)", lambda: tbso_f.step(time_step=0))):

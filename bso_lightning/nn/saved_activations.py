@@ -28,24 +28,43 @@ SAVED_ACTIVATION_DTYPES = ("float32", "bfloat16")
 MIN_NUMEL = 4096
 
 
-def _pack(t: Tensor):
+def _compact(t: Tensor):
     if t.dtype == torch.float32 and t.numel() >= MIN_NUMEL and not (t.is_leaf and t.requires_grad):
         return ("bf16", t.to(torch.bfloat16))
     return ("keep", t)
 
 
-def _unpack(packed) -> Tensor:
+def _restore(packed) -> Tensor:
     kind, t = packed
     return t.to(torch.float32) if kind == "bf16" else t
 
 
 @contextlib.contextmanager
 def compact_saved_activations(dtype: str = "bfloat16") -> Iterator[None]:
-    """Inside, large float32 tensors saved for the backward are held in ``dtype`` (``float32``: no change)."""
+    """Inside, large float32 tensors saved for the backward are held in ``dtype`` (``float32``: no change).
+
+    Hooks already installed around it (e.g. :class:`~bso_lightning.callbacks.memory.AutogradMemoryMeter`) still
+    see every saved tensor, in its compact form: autograd only calls the innermost pair, so this one chains them.
+    """
     if dtype not in SAVED_ACTIVATION_DTYPES:
         raise ValueError(f"saved_activation_dtype must be one of {SAVED_ACTIVATION_DTYPES}, got {dtype!r}")
     if dtype == "float32":
         yield
         return
-    with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)  # (pack, unpack) or None
+
+    if outer is None:
+        pack, unpack = _compact, _restore
+    else:
+        outer_pack, outer_unpack = outer
+
+        def pack(t: Tensor):
+            kind, stored = _compact(t)
+            return kind, outer_pack(stored)
+
+        def unpack(packed) -> Tensor:
+            kind, stored = packed
+            return _restore((kind, outer_unpack(stored)))
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield

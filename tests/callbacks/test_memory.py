@@ -149,3 +149,21 @@ def test_cuda_peak_is_logged(tmp_path):
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
     row = rows_with(read_metrics(tmp_path), "memory/cuda_peak_bytes")[-1]
     assert row["memory/cuda_peak_bytes"] >= row["memory/peak_autograd_bytes"] > 0
+
+
+def test_compact_storage_keeps_the_autograd_peak_flat_in_T_and_halves_it(tmp_path):
+    """Packed weights + bfloat16 saved activations: still one time step's graph at a time, at about half the bytes
+    (the large float32 saved tensors are held in bfloat16; small ones and the parameters stay)."""
+    peaks = {}
+    for options in ("dense", "compact"):
+        for time_steps in (1, 4):
+            extra = {} if options == "dense" else dict(weight_storage="packed", momentum_dtype="bfloat16",
+                                                        saved_activation_dtype="bfloat16")
+            task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=time_steps,
+                                    cosine_epochs=1, bn_recalibration_batches=0, **extra)
+            memory = MemoryCallback()
+            trainer = csv_trainer(tmp_path / f"{options}{time_steps}", [memory], max_epochs=1, limit_train_batches=2)
+            trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
+            peaks[options, time_steps] = memory.last_metrics["memory/peak_autograd_bytes"]
+    assert abs(peaks["compact", 4] - peaks["compact", 1]) <= 0.03 * peaks["compact", 1]
+    assert 0.4 * peaks["dense", 4] < peaks["compact", 4] < 0.7 * peaks["dense", 4]
