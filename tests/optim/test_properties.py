@@ -3,7 +3,7 @@ exactly ±1, flips happen exactly where the rule says, and the flip count is exa
 
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -30,8 +30,14 @@ def _assert_binary(w):
     assert torch.all((w == 1) | (w == -1)), w
 
 
+# Huge but finite gradients (issue 13): |G|² overflows float32, so the step is skipped and counted; before the fix
+# the momentum overflowed to inf/NaN, the tensor never flipped again and nothing was counted.
+HUGE = (torch.tensor([1.0, -1.0]), [torch.tensor([3.4e38, -3.4e38]), torch.tensor([-3.4e38, 3.4e38])])
+
+
 @settings(max_examples=150, deadline=None)
 @given(problem(), threshold, decay, st.booleans())
+@example(HUGE, 0.0, 0.5, False)
 def test_bso_weights_stay_binary_and_flip_exactly_by_rule(data, gamma, beta, reset):
     signs, grads = data
     w = torch.nn.Parameter(signs.clone())
@@ -56,6 +62,7 @@ def test_bso_weights_stay_binary_and_flip_exactly_by_rule(data, gamma, beta, res
 
 @settings(max_examples=150, deadline=None)
 @given(problem(), threshold, decay, decay, st.floats(1e-30, 1.0), st.integers(0, 5))
+@example(HUGE, 0.0, 0.5, 0.5, 1e-10, 0)
 def test_tbso_weights_stay_binary_and_flip_exactly_by_rule(data, gamma, beta1, beta2, eps, max_t):
     signs, grads = data
     w = torch.nn.Parameter(signs.clone())
@@ -76,3 +83,17 @@ def test_tbso_weights_stay_binary_and_flip_exactly_by_rule(data, gamma, beta1, b
             assert torch.equal(changed, before * state["momentum"] > opt.flip_thresholds(t)[0])
         else:
             assert not changed.any()
+
+
+def test_huge_finite_gradients_are_skipped_and_counted_not_overflowed():
+    for opt_cls in (BSO, TBSO):
+        w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+        opt = opt_cls([w], threshold=0.0)
+        for grad in HUGE[1]:
+            w.grad = grad.clone()
+            opt.step(time_step=0)
+        assert opt.nonfinite_counts().tolist() == [2]
+        assert torch.isfinite(opt.state[w]["momentum"]).all() and torch.equal(w.detach(), torch.tensor([1.0, -1.0]))
+        w.grad = torch.tensor([0.5, -0.5])  # an ordinary gradient afterwards still flips
+        opt.step(time_step=0)
+        assert opt.flip_counts().tolist() == [2]
