@@ -317,10 +317,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.write_results(out, args.name, text,
                           {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": results})
     if out is not None:
-        seeds = ", ".join(f"{METHODS[m]} {sum(r['method'] == m for r in results)}" for m in args.methods)
+        counts = sorted({sum(r["method"] == m for r in results) for m in args.methods})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         plot(results, args.methods, out / f"{args.name}.png",
              f"MNIST {args.image_size}×{args.image_size}, small_cnn w{args.width}, T={args.time_steps}, "
-             f"batch {args.batch_size}; seeds: {seeds}")
+             f"batch {args.batch_size}, {seeds} seeds per method")
     return results
 
 
