@@ -195,6 +195,13 @@ class FlipRateCallback(L.Callback):
         del self._recent[:-self.summary_batches]
         self._batch_start = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The last batches' flip counts, so a resumed run reports the same ``flips/final`` (saved in checkpoints)."""
+        return {"recent": [r.detach().cpu().clone() for r in self._recent]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._recent = [torch.as_tensor(r) for r in state_dict.get("recent", [])]
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Flush the steps not yet logged and report the flip rate of the last ``summary_batches`` batches."""
         if self._optimizer is None:
@@ -203,7 +210,7 @@ class FlipRateCallback(L.Callback):
             self._flush(trainer, logging_step(trainer))
         if not self._recent:
             return
-        flips, steps = torch.stack(self._recent).sum(0).tolist()
+        flips, steps = torch.stack([r.to(self._recent[-1].device) for r in self._recent]).sum(0).tolist()
         if steps == 0:
             return
         rate = flips / (steps * sum(self._numel))

@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from bso_lightning.nn.layers import set_weight_storage_
+
 from bso_lightning.models.variants import NeuronVariant, WeightVariant, build_variant
 
 #: Task hyper-parameters passed to the model factory as keyword arguments (when the task has them).
@@ -23,12 +25,14 @@ FACTORY_HPARAMS = ("num_classes", "in_channels", "trace", "decay", "v_threshold"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What builds a model: the factory name, its keyword arguments and the weight/neuron variant."""
+    """What builds a model: the factory name, its keyword arguments, the weight/neuron variant and how binary
+    weights are stored (``weight_storage``: ``dense`` ±1 floats or ``packed`` bits; binary variant only)."""
 
     arch: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights: WeightVariant = "binary"
     neuron: NeuronVariant = "online"
+    weight_storage: str = "dense"
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any], weights: WeightVariant = "binary",
@@ -41,11 +45,13 @@ class ModelSpec:
         repeated = sorted(set(kwargs) & set(arch_kwargs))
         if repeated:
             raise ValueError(f"arch_kwargs repeats {repeated}: set them as the task's own arguments, not in arch_kwargs")
-        return cls(str(hparams["arch"]), {**kwargs, **arch_kwargs}, weights, neuron)
+        storage = str(hparams.get("weight_storage", "dense")) if weights == "binary" else "dense"
+        return cls(str(hparams["arch"]), {**kwargs, **arch_kwargs}, weights, neuron, storage)
 
     def build(self) -> nn.Module:
         """``build_model(arch, **kwargs)`` with the binary layers and neurons swapped as the variant says."""
-        return build_variant(self.arch, weights=self.weights, neuron=self.neuron, **self.kwargs)
+        model = build_variant(self.arch, weights=self.weights, neuron=self.neuron, **self.kwargs)
+        return set_weight_storage_(model, self.weight_storage)
 
 
 def build_model_from_hparams(hparams: Mapping[str, Any], weights: WeightVariant = "binary",

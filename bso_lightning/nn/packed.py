@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PackedBinaryParameter", "pack_signs", "unpack_signs", "is_packed", "binary_numel", "binary_shape"]
+__all__ = ["PackedBinaryParameter", "pack_signs", "unpack_signs", "is_packed", "binary_numel", "binary_shape",
+           "binary_signs"]
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -160,6 +161,13 @@ def binary_shape(p: Tensor) -> torch.Size:
 def binary_numel(p: Tensor) -> int:
     """The number of binary weights ``p`` holds (packed or not)."""
     return binary_shape(p).numel()
+
+
+def binary_signs(p: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A binary weight's ±1 values as a new tensor, packed or not (``dtype``: the weight's own, or float32 if packed)."""
+    if is_packed(p):
+        return p.signs(dtype or torch.float32)
+    return p.detach().clone() if dtype is None else p.detach().to(dtype, copy=True)
 
 
 def binary_grad(p: Tensor) -> Tensor | None:

@@ -33,6 +33,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from bso_lightning.nn.packed import binary_grad, is_packed
+
 #: Hyper-parameters that fix the shapes of the weights and the layout of the optimizer state:
 #: a checkpoint can only be resumed by a model that agrees on all of them.
 ARCHITECTURE_KEYS = ("arch", "arch_kwargs", "num_classes", "in_channels", "optimizer")
@@ -82,12 +84,11 @@ def describe_nonfinite(tensor: Tensor) -> str:
 
 
 def nonfinite_gradients(named_params: Iterable[tuple[str, Tensor]]) -> list[str]:
-    """Names (with a count) of the parameters whose gradient holds NaN/Inf (host syncs: error path only)."""
-    return [
-        f"{name} ({describe_nonfinite(p.grad)})"
-        for name, p in named_params
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    ]
+    """Names (with a count) of the parameters whose gradient holds NaN/Inf (host syncs: error path only); a packed
+    binary weight is named as its dense weight (``model.3.weight``) with the gradient its layer handed over."""
+    named_grads = ((name.removesuffix("_bits") if is_packed(p) else name, binary_grad(p)) for name, p in named_params)
+    return [f"{name} ({describe_nonfinite(g)})" for name, g in named_grads
+            if g is not None and not bool(torch.isfinite(g).all())]
 
 
 def report_skipped_batches(epoch: int, skipped: Sequence[str], seen: int, max_fraction: float) -> None:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from bso_lightning.models import build_model_from_hparams
-from bso_lightning.nn import binarize_
-from bso_lightning.nn.layers import WEIGHT_STORAGES, set_weight_storage_
+from bso_lightning.nn import BinaryLayer, binarize_
+from bso_lightning.nn.layers import WEIGHT_STORAGES
 from bso_lightning.nn.packed import binary_grad, is_packed
 from bso_lightning.nn.saved_activations import SAVED_ACTIVATION_DTYPES, compact_saved_activations
 from bso_lightning.optim.base import MOMENTUM_DTYPES
@@ -129,7 +129,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         eps_placement: Literal["inside", "outside"] = "inside",
         reset_momentum_on_flip: bool = False,
         fused_optimizer: bool = False,
-        weight_storage: Literal["dense", "packed"] = "dense",
+        weight_storage: Literal["dense", "packed"] = "packed",
         momentum_dtype: Literal["float32", "bfloat16"] = "float32",
         step_in_backward: bool = True,
         saved_activation_dtype: Literal["float32", "bfloat16"] = "float32",
@@ -176,7 +176,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         # every optimizer hyper-parameter is checked, also those the chosen optimizer ignores (beta for T-BSO, ...)
         check_threshold(threshold), check_decay(beta, "beta"), check_betas(betas), check_eps(eps)
         self._check_shared_hyperparameters()
-        self.model = set_weight_storage_(build_model_from_hparams(self.hparams), weight_storage)
+        self.model = build_model_from_hparams(self.hparams)  # (binary weights stored as weight_storage says)
         self.split = split_parameters(self.model)
         if not self.split.binary:
             raise ValueError(f"arch {arch!r} has no binary parameters for {optimizer.upper()} to train")
@@ -200,12 +200,14 @@ class OnlineClassifier(TimeSteppedClassifier):
             check_compatible(checkpoint["hyper_parameters"], self.hparams, path)
         weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         check_loaded_state(weights, path)
+        binary_keys = {f"{name}.weight" for name, m in self.model.named_modules() if isinstance(m, BinaryLayer)}
+        for key in binary_keys & weights.keys():  # ±1 in a BSO checkpoint; a latent-weight checkpoint maps to ±1
+            if weights[key].is_floating_point():
+                weights[key] = binarize_(weights[key].clone())
         try:
             self.model.load_state_dict(weights, strict=True)
         except RuntimeError as error:
             raise CheckpointError(path, f"its model weights do not fit arch {self.hparams.arch!r}: {error}") from error
-        for weight in self.split.binary:
-            binarize_(weight)  # already ±1 in a BSO checkpoint; this also maps a latent-weight checkpoint to ±1
 
     # ----------------------------------------------------------------- optimizers
     def _make_binary_optimizer(self) -> torch.optim.Optimizer:

@@ -24,8 +24,10 @@ BATCHES = 4  # training batches per epoch (limit_train_batches)
 
 
 def make_task(seed: int = 0, **kwargs: Any) -> OnlineClassifier:
-    """The tiny task of ``tests.conftest`` with a step schedule (×0.5 every epoch)."""
-    return conftest.make_task(seed=seed, **{"schedule": "step", "schedule_every": 1, "schedule_factor": 0.5, **kwargs})
+    """The tiny task of ``tests.conftest`` with a step schedule (×0.5 every epoch), dense weights: the reliability
+    cases edit and name ``model.3.weight`` (packed storage: tests/tasks/test_weight_storage.py, tests/nn/test_packed.py)."""
+    return conftest.make_task(seed=seed, **{"schedule": "step", "schedule_every": 1, "schedule_factor": 0.5,
+                                            "weight_storage": "dense", **kwargs})
 
 
 def make_baseline(cls: type[TimeSteppedClassifier], seed: int = 0, **kwargs: Any) -> TimeSteppedClassifier:

@@ -126,7 +126,7 @@ def test_baseline_trains_and_improves(tmp_path, digits, cls):
 
 def test_bptt_keeps_real_valued_latent_weights_and_bso_does_not(tmp_path, digits):
     L.seed_everything(0)
-    bso = OnlineClassifier(optimizer="bso", **SMALL)
+    bso = OnlineClassifier(optimizer="bso", weight_storage="dense", **SMALL)  # (packed: tests/nn/test_packed.py)
     bptt = BPTTLatentClassifier(**SMALL)
     ottt = OTTTClassifier(**SMALL)
     for task in (bso, bptt, ottt):

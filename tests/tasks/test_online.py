@@ -4,6 +4,8 @@ import lightning as L
 import pytest
 import torch
 
+from bso_lightning.nn.packed import binary_signs
+
 from bso_lightning.nn import OnlineLIFNode
 from bso_lightning.optim import BSO, TBSO, split_parameters
 from bso_lightning.tasks.loss import online_loss
@@ -12,7 +14,7 @@ from tests.tasks.conftest import make_task, make_trainer
 
 
 def _binary_state(task):
-    return [p.detach().clone() for p in split_parameters(task.model).binary]
+    return [binary_signs(p) for p in split_parameters(task.model).binary]  # ±1 values, packed or dense
 
 
 def test_loss_matches_eq_8():

@@ -23,7 +23,7 @@ def test_eps_placement_reaches_tbso_and_decides_the_flip(placement, flips):
     M = 1e-12·W, v = 1e-5 · 1e-18 = 1e-23, so W·M = 1e-12 and
     inside:  γ·sqrt(v + ε) = 5e-7 · 1.0000000000e-5 = 5e-12   → 1e-12 < 5e-12, no flip;
     outside: W·M / (sqrt(v) + ε) = 1e-12 / (3.16e-12 + 1e-10) = 9.7e-3 > 5e-7, flip."""
-    task = make_task(optimizer="tbso", eps_placement=placement)
+    task = make_task(optimizer="tbso", eps_placement=placement, weight_storage="dense")  # (gradients set by hand)
     optimizer = task._make_binary_optimizer()
     assert optimizer.param_groups[0]["eps_placement"] == placement
     weights = list(task.split.binary)
