@@ -122,7 +122,7 @@ def peak_child(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device.startswith("cuda")
     # a throwaway run first: libraries, kernels and thread pools load lazily and must not count as training memory
     parts = build(CONFIGS[spec["config"]], spec["arch"], spec["width"], spec["num_classes"], device)
-    iteration(*parts, x, y, spec["time_steps"])
+    iteration(*parts, x[:1], y[:1], spec["time_steps"])
     del parts
     import gc
 
