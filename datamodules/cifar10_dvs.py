@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from torchvision import transforms as T
 
 from datamodules.base import dataset_not_found
 from datamodules.datasets import cifar10_dvs as reader
-from datamodules.datasets.frames import integrate_event_file
 from datamodules.datasets.splits import first_per_class, seeded_per_class
-from datamodules.event_frames import EventFrameDataModule
+from datamodules.event_frames import CameraEventFrameDataModule
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ _EXPECTED = ("events_np/<class>/*.npz (spikingjelly's converted events) or extra
              "classes " + ", ".join(CLASS_NAMES))
 
 
-class CIFAR10DVSDataModule(EventFrameDataModule):
+class CIFAR10DVSDataModule(CameraEventFrameDataModule):
     """CIFAR10-DVS as ``x: [B, T, 2, S, S]`` event frames (one per time step), 10 classes.
 
     Events (spikingjelly's reader and integrator) are split into ``time_steps`` frames
@@ -56,6 +54,7 @@ class CIFAR10DVSDataModule(EventFrameDataModule):
     name = "CIFAR10-DVS"
     num_classes = 10
     in_channels = 2
+    reader = reader
 
     def __init__(
         self,
@@ -115,17 +114,6 @@ class CIFAR10DVSDataModule(EventFrameDataModule):
             return seeded_per_class(labels, self.train_per_class, self.seed)
         return first_per_class(labels, files, self.train_per_class)
 
-    def _augmentations(self) -> list:
-        steps: list = []
-        if self.crop_padding > 0:
-            steps.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
-        if self.horizontal_flip:
-            steps.append(T.RandomHorizontalFlip())
-        return steps
-
-    def _integrate(self, file: str) -> np.ndarray:
-        return integrate_event_file(self.events_root / file, self.time_steps, self.split_by, self.image_size,
-                                    reader.SENSOR_SIZE, reader.REMEDY)
 
     def _not_found(self, problem: str | None = None):
         return dataset_not_found("CIFAR10-DVS", self.root, _EXPECTED, _HOW, problem=problem)

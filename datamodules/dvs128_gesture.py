@@ -6,13 +6,10 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from torchvision import transforms as T
 
 from datamodules.base import dataset_not_found
 from datamodules.datasets import dvs128_gesture as reader
-from datamodules.datasets.frames import integrate_event_file
-from datamodules.event_frames import EventFrameDataModule
+from datamodules.event_frames import CameraEventFrameDataModule
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +20,7 @@ _EXPECTED = ("events_np/{train,test}/<label>/*.npz (spikingjelly's split gesture
              "extract/DvsGesture/ with the .aedat recordings, their _labels.csv and trials_to_{train,test}.txt")
 
 
-class DVS128GestureDataModule(EventFrameDataModule):
+class DVS128GestureDataModule(CameraEventFrameDataModule):
     """DVS128 Gesture (11 gestures, 29 users): ``x: [B, T, 2, S, S]`` event frames, the official split.
 
     Each gesture's events (spikingjelly splits the recordings by their ``_labels.csv``) are integrated
@@ -38,6 +35,7 @@ class DVS128GestureDataModule(EventFrameDataModule):
     name = "DVS128 Gesture"
     num_classes = len(reader.CLASS_NAMES)
     in_channels = 2
+    reader = reader
 
     def __init__(
         self,
@@ -79,17 +77,6 @@ class DVS128GestureDataModule(EventFrameDataModule):
     def _frame_shape(self) -> tuple[int, int, int]:
         return (2, self.image_size, self.image_size)
 
-    def _augmentations(self) -> list:
-        steps: list = []
-        if self.crop_padding > 0:
-            steps.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
-        if self.horizontal_flip:
-            steps.append(T.RandomHorizontalFlip())
-        return steps
-
-    def _integrate(self, file: str) -> np.ndarray:
-        return integrate_event_file(self.events_root / file, self.time_steps, self.split_by, self.image_size,
-                                    reader.SENSOR_SIZE, reader.REMEDY)
 
     def _list_samples(self):
         if not self.events_root.is_dir():

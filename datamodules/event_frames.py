@@ -20,7 +20,7 @@ from torchvision import transforms as T
 
 from datamodules.base import BaseDataModule
 from datamodules.datasets.frames import (FrameDataset, build_frame_cache, cache_matches, channel_mean_std,
-                                         write_json)
+                                         integrate_event_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +121,27 @@ class EventFrameDataModule(BaseDataModule):
         self.train_set = FrameDataset(frames_file, labels, np.array(split["train"], dtype=np.int64), self.train_transform())
         self.test_set = FrameDataset(frames_file, labels, np.array(split["test"], dtype=np.int64), self.eval_transform())
         self.val_set = self.test_set
+
+
+class CameraEventFrameDataModule(EventFrameDataModule):
+    """Event-camera recordings (CIFAR10-DVS, DVS128 Gesture): spikingjelly's integration into ``time_steps``
+    frames, random crop (``crop_padding``) and horizontal flip (``horizontal_flip``) for training.
+
+    Subclasses set ``reader``: their dataset's reader module (``SENSOR_SIZE``, ``REMEDY``).
+    """
+
+    reader: Any
+    crop_padding: int
+    horizontal_flip: bool
+
+    def _augmentations(self) -> list:
+        steps: list = []
+        if self.crop_padding > 0:
+            steps.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
+        if self.horizontal_flip:
+            steps.append(T.RandomHorizontalFlip())
+        return steps
+
+    def _integrate(self, file: str) -> np.ndarray:
+        return integrate_event_file(self.events_root / file, self.time_steps, self.split_by, self.image_size,
+                                    self.reader.SENSOR_SIZE, self.reader.REMEDY)

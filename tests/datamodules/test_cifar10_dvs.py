@@ -100,7 +100,7 @@ def test_second_setup_reads_the_cache(private_root, monkeypatch):
         raise AssertionError("frames were built again")
 
     monkeypatch.setattr(event_frames, "build_frame_cache", fail)
-    monkeypatch.setattr(dvs, "integrate_event_file", fail)
+    monkeypatch.setattr(event_frames, "integrate_event_file", fail)
     second = make(root)
     second.prepare_data()
     second.setup()
