@@ -69,9 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="BSO_NOTEBOOK_SMOKE=1: the test suite's tiny settings")
     parser.add_argument("--note", help="text after 'Stored outputs: ' (default: settings and wall time)")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     nb, wall = execute(args.notebook, args.smoke)
     settings = "smoke settings (BSO_NOTEBOOK_SMOKE=1)" if args.smoke else "normal settings (the parameters below)"
-    set_note(nb, args.note or f"produced with the {settings}; {wall:.0f} s wall.")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    set_note(nb, args.note or (f"produced with the {settings} by `notebooks/store_outputs.py`, CPU, "
+                               f"OMP_NUM_THREADS={threads}, {started}: {wall:.0f} s wall (1-min load average "
+                               f"{load:.1f} at the start). The test suite executes the notebook afresh with "
+                               f"`BSO_NOTEBOOK_SMOKE=1`."))
     nbformat.validate(nb)
     nbformat.write(nb, args.notebook)
     print(f"{args.notebook}: {wall:.1f} s wall")
