@@ -36,10 +36,12 @@ def measure(method: str, args) -> dict[str, Any]:
     from bso_lightning.models import build_model
     from bso_lightning.nn import BinaryLayer
     from bso_lightning.nn.latent import LatentBinaryLayer
+    from bso_lightning.nn.packed import binary_numel
 
     arch_kwargs = {"width": args.width} if args.width else None
     ref = build_model(args.arch, num_classes=args.num_classes, in_channels=3, **(arch_kwargs or {}))
-    hidden_names = {f"{name}.weight" for name, m in ref.named_modules() if isinstance(m, BinaryLayer)}
+    hidden_names = {f"{name}.{suffix}" for name, m in ref.named_modules() if isinstance(m, BinaryLayer)
+                    for suffix in ("weight", "weight_bits")}  # (dense or packed storage)
 
     L.seed_everything(0, verbose=False)
     task = _common.make_task(method, args.arch, args.time_steps, num_classes=args.num_classes, in_channels=3,
@@ -67,7 +69,7 @@ def measure(method: str, args) -> dict[str, Any]:
         part = hidden if name in hidden_names else other
         part["weights"] += _nbytes(p)
         part["opt_state"] += state_of.get(id(p), 0)
-        part["count"] += p.numel()
+        part["count"] += binary_numel(p)
         grads += _nbytes(p) if p.requires_grad else 0
     buffers = sum(_nbytes(b) for b in task.model.buffers())
     cached = sum(_nbytes(m.__dict__["_binary_cache"][1]) for m in task.model.modules()

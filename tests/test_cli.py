@@ -7,6 +7,7 @@ import yaml
 
 from bso_lightning.callbacks import FlipRateCallback
 from bso_lightning.cli import build_cli
+from bso_lightning.nn.packed import PackedBinaryParameter
 from bso_lightning.tasks import OnlineClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +53,9 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
     assert checkpoints, "fit saved no checkpoint"
     task = OnlineClassifier.load_from_checkpoint(checkpoints[-1], map_location="cpu")
     binary = task.split.binary
-    assert binary
+    assert binary and all(isinstance(w, PackedBinaryParameter) for w in binary)  # the default: 1 bit per weight
     for weight in binary:
-        assert set(weight.unique().tolist()) <= {-1.0, 1.0}
+        assert set(weight.signs().unique().tolist()) == {-1.0, 1.0}
 
     tested = build_cli(["test", "--ckpt_path", str(checkpoints[-1]), "--trainer.enable_progress_bar", "false"])
     assert float(tested.trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
