@@ -168,3 +168,32 @@ def test_online_classifier_switch_trains_with_the_fused_step():
     after = [binary_signs(p) for p in task.split.binary]
     assert any(not torch.equal(a, b) for a, b in zip(before, after))  # weights flipped
     assert all(torch.all((p == 1) | (p == -1)) for p in after)
+
+
+@pytest.mark.parametrize("cls", [BSO, TBSO])
+def test_fused_step_on_packed_weights_with_bf16_momentum_flips_like_the_eager_step(cls):
+    """Packed bits and a bfloat16 momentum through both implementations: the same flips, counters and momentum
+    (stochastic rounding draws the same noise: one seeded generator per optimizer)."""
+    from bso_lightning.nn.packed import PackedBinaryParameter
+
+    runs = []
+    for fused in (False, True):
+        params = [PackedBinaryParameter.from_signs(p.detach()) for p in _params()]
+        runs.append((params, cls(params, threshold=0.0, fused=fused, momentum_dtype="bfloat16")))
+    gen = torch.Generator().manual_seed(4)
+    flipped = 0
+    for step in range(8):
+        grads = _grads(gen, step)
+        for params, opt in runs:
+            for p, g in zip(params, grads):
+                p.packed_grad = g.clone()
+            opt.step(time_step=step % 2)
+        assert torch.equal(runs[0][1].flip_counts(), runs[1][1].flip_counts())
+        flipped += int(runs[0][1].flip_counts().sum())
+    (p_eager, eager), (p_fused, fused) = runs
+    for a, b in zip(p_eager, p_fused):
+        assert torch.equal(a.data, b.data)
+        assert (eager.state[a]["momentum"].float() - fused.state[b]["momentum"].float()).abs().max() <= 2 ** -7 * \
+            eager.state[a]["momentum"].float().abs().max()
+    assert flipped > 0
+    assert torch.equal(eager.nonfinite_counts(), fused.nonfinite_counts())
