@@ -258,6 +258,14 @@ def _storage(weights: Sequence[Tensor]) -> tuple[list[Tensor], list[torch.Size |
     return data, shapes
 
 
+def _noises_for(noises: list[Tensor | None], grads: Sequence[Tensor], fused: bool) -> list[Tensor | None]:
+    """The compiled step takes full-size rounding noise (a repeated row reshaped inside the graph does not lower)."""
+    if not fused:
+        return noises
+    return [n if n is None or n.numel() == g.numel() else n.repeat(-(-g.numel() // n.numel()))[: g.numel()]
+            for n, g in zip(noises, grads)]
+
+
 def _scalar(value: float, device: torch.device) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float32, device=device)
 
@@ -270,7 +278,7 @@ def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Te
         return
     device = grads[0].device
     data, shapes = _storage(weights)
-    noises = list(rounding_noise) if rounding_noise is not None else [None] * len(data)
+    noises = _noises_for(list(rounding_noise) if rounding_noise is not None else [None] * len(data), grads, fused)
     impl = _compiled_fn("bso") if fused else _eager_bso_tensors
     impl(data, shapes, list(grads), list(momenta), list(last_flips), list(nonfinite_steps), noises,
          _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
@@ -287,7 +295,7 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
         raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
     device = grads[0].device
     data, shapes = _storage(weights)
-    noises = list(rounding_noise) if rounding_noise is not None else [None] * len(data)
+    noises = _noises_for(list(rounding_noise) if rounding_noise is not None else [None] * len(data), grads, fused)
     impl = _compiled_fn("tbso") if fused else _eager_tbso_tensors
     impl(data, shapes, list(grads), list(momenta), list(vs),
          torch.tensor([time_step], device=device) if fused else time_step,
