@@ -2,7 +2,7 @@
 a checkpoint on SIGTERM/Ctrl+C.
 
 Usable from LightningCLI YAML, e.g. ``class_path: bso_lightning.callbacks.FlipRateCallback``.
-Metric names are listed in each module's docstring and in README.
+Metric names are listed in each module's docstring and in docs/telemetry.md.
 """
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt

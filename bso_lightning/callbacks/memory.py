@@ -8,7 +8,7 @@ Three measurement primitives (also used by ``benchmarks/memory_vs_timesteps.py``
 * :func:`persistent_state_bytes` — parameters + gradients + buffers + optimizer state.
 * :func:`cuda_peak_bytes` — the CUDA caching allocator's peak (``torch.cuda.max_memory_allocated``).
 
-:class:`MemoryCallback` logs per training epoch (README, "Telemetry and tooling", says which figure is which):
+:class:`MemoryCallback` logs per training epoch (docs/telemetry.md says which figure is which):
 
 * ``memory/peak_autograd_bytes`` — peak bytes held by the autograd graph during a training batch,
 * ``memory/state_bytes`` — :func:`persistent_state_bytes` of the model and the optimizers,
