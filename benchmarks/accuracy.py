@@ -98,6 +98,8 @@ def run_one(setting: str, method: str, time_steps: int, seed: int, args) -> dict
     if method in ("bso", "tbso") and args.bso_decay != 1.0:  # the authors' step schedule, compressed
         extra.update(schedule="step", schedule_every=args.decay_every, schedule_factor=args.bso_decay,
                      schedule_interval="epoch")
+    elif method in ("bso", "tbso"):  # --bso-decay 1: constant γ and β (not the classifier's run_exp default)
+        extra.update(schedule="constant")
     if method in ("bso", "tbso") and setting != "default":
         extra.update(setting_overrides(setting))
     if method in ("bso", "tbso"):
