@@ -86,7 +86,14 @@ def build_frame_cache(cache_dir: Path, files: Sequence[str], labels: Sequence[in
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(files), desc=desc, unit="sample") as bar:
             for start in range(0, len(files), _CHUNK):
-                for i, sample in enumerate(pool.map(integrate, files[start:start + _CHUNK]), start):
+                chunk = files[start:start + _CHUNK]
+                try:
+                    samples = list(pool.map(integrate, chunk))
+                except DataFileError:
+                    # again one by one in this thread: the error names the first bad file in order, whatever the
+                    # threads finished first (and a failure seen only under threads is not reported as a bad file)
+                    samples = [integrate(file) for file in chunk]
+                for i, sample in enumerate(samples, start):
                     frames[i] = sample
                     bar.update()
         frames.flush()
