@@ -74,35 +74,13 @@ class CIFAR10DVSDataModule(CameraEventFrameDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed, download, time_steps, normalize)
-        if not 1 <= image_size <= reader.SENSOR_SIZE:
-            raise ValueError(f"image_size must lie in [1, {reader.SENSOR_SIZE}], got {image_size}")
-        if split_by not in ("number", "time"):
-            raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
         if train_per_class < 1:
             raise ValueError(f"train_per_class must be >= 1, got {train_per_class}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-        self.image_size = image_size
-        self.split_by = split_by
+        self._set_camera_options(image_size, split_by, crop_padding, horizontal_flip)
         self.train_per_class = train_per_class
         self.split = split
-        self.crop_padding = crop_padding
-        self.horizontal_flip = horizontal_flip
-
-    @property
-    def events_root(self) -> Path:
-        return self.root / "events_np"
-
-    def _settings(self) -> dict:
-        return {"time_steps": self.time_steps, "split_by": self.split_by, "size": self.image_size}
-
-    def _cache_name(self) -> str:
-        return f"frames_T{self.time_steps}_{self.split_by}_{self.image_size}px"
-
-    def _frame_shape(self) -> tuple[int, int, int]:
-        return (2, self.image_size, self.image_size)
 
     def _split_name(self) -> str:
         if self.split == "seeded":

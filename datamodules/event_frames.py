@@ -134,6 +134,30 @@ class CameraEventFrameDataModule(EventFrameDataModule):
     crop_padding: int
     horizontal_flip: bool
 
+    def _set_camera_options(self, image_size: int, split_by: str, crop_padding: int, horizontal_flip: bool) -> None:
+        """Check and keep the frame size, the integration mode and the training augmentation."""
+        if not 1 <= image_size <= self.reader.SENSOR_SIZE:
+            raise ValueError(f"image_size must lie in [1, {self.reader.SENSOR_SIZE}], got {image_size}")
+        if split_by not in ("number", "time"):
+            raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.image_size, self.split_by = image_size, split_by
+        self.crop_padding, self.horizontal_flip = crop_padding, horizontal_flip
+
+    @property
+    def events_root(self) -> Path:
+        return self.root / "events_np"
+
+    def _settings(self) -> dict:
+        return {"time_steps": self.time_steps, "split_by": self.split_by, "size": self.image_size}
+
+    def _cache_name(self) -> str:
+        return f"frames_T{self.time_steps}_{self.split_by}_{self.image_size}px"
+
+    def _frame_shape(self) -> tuple[int, int, int]:
+        return (2, self.image_size, self.image_size)
+
     def _augmentations(self) -> list:
         steps: list = []
         if self.crop_padding > 0:
