@@ -68,7 +68,8 @@ class OnlineClassifier(TimeSteppedClassifier):
         reset_momentum_on_flip: BSO only — zero the momentum where a weight flipped (the authors' code).
         fused_optimizer: step BSO/T-BSO through their ``torch.compile``d update (``fused=True``): the same
             update (up to float32 rounding of the momentum), about 2× faster; the first step compiles
-            (~20 s on CPU, needs a C++ compiler; Triton on CUDA).
+            (~20 s on CPU, needs a C++ compiler; Triton on CUDA). ``None`` (default): compiled on CUDA, eager
+            on CPU (``BSO``'s ``fused=None``).
         schedule: decay of γ and 1 − β (β1). Default ``"run_exp"`` with ``schedule_final=1e-3`` (measured:
             docs/hyperparameters.md). In ``schedule_interval`` units (the paper configs): ``"constant"``,
             ``"step"`` (× ``schedule_factor`` every ``schedule_every`` units) or ``"inv_sqrt"``
@@ -128,7 +129,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         eps: float = 1e-10,
         eps_placement: Literal["inside", "outside"] = "inside",
         reset_momentum_on_flip: bool = False,
-        fused_optimizer: bool = False,
+        fused_optimizer: Optional[bool] = None,
         weight_storage: Literal["dense", "packed"] = "packed",
         momentum_dtype: Literal["float32", "bfloat16"] = "float32",
         step_in_backward: bool = True,
@@ -220,11 +221,11 @@ class OnlineClassifier(TimeSteppedClassifier):
                     eps_placement=hp.eps_placement, fused=hp.fused_optimizer,
                     momentum_dtype=hp.get("momentum_dtype", "float32"))
 
-    def _make_schedule_decay(self):
+    def _make_schedule_decay(self, run_length: int = 1):
+        """The decay of γ and 1 − β; a ``run_*`` one over ``run_length`` batches (1: only to check the arguments)."""
         hp = self.hparams
-        if hp.schedule in RUN_DECAYS:  # built for one batch until the trainer knows the run's length
-            total = self._run_length_batches() if self._trainer is not None else 1
-            return run_decay(hp.schedule, total, fraction=hp.schedule_fraction, factor=hp.schedule_factor,
+        if hp.schedule in RUN_DECAYS:
+            return run_decay(hp.schedule, run_length, fraction=hp.schedule_fraction, factor=hp.schedule_factor,
                              final=hp.schedule_final)
         if hp.schedule == "step":
             return StepDecay(every=hp.schedule_every, factor=hp.schedule_factor, offset=hp.schedule_offset)
@@ -242,8 +243,22 @@ class OnlineClassifier(TimeSteppedClassifier):
             lr_schedule = torch.optim.lr_scheduler.ConstantLR(fp_opt, factor=1.0, total_iters=0)
         else:
             lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(fp_opt, T_max=self._cosine_epochs(), eta_min=0.0)
-        binary_schedule = BinaryHyperparameterScheduler(binary_opt, self._make_schedule_decay())
+        # a run_* decay needs the run's length, which the fit loop knows once it has set up its data (in
+        # on_train_start, after a resumed run's loop state was restored): constant until then
+        decay = ConstantDecay() if hp.schedule in RUN_DECAYS else self._make_schedule_decay()
+        binary_schedule = BinaryHyperparameterScheduler(binary_opt, decay)
         return [binary_opt, fp_opt], [lr_schedule, binary_schedule]
+
+    def on_train_start(self) -> None:
+        """Also give a ``run_*`` schedule the run's length and apply it at the (restored) k.
+
+        (Not in ``configure_optimizers``: setting up the training data there, before Lightning restores the fit
+        loop, made a resumed run start its epoch's data again at batch 0.)"""
+        super().on_train_start()
+        if self.hparams.schedule in RUN_DECAYS:
+            binary_schedule = self._scheduler_list()[1]
+            binary_schedule.decay = self._make_schedule_decay(self._run_length_batches())
+            binary_schedule.load_state_dict(binary_schedule.state_dict())  # re-applies f(k) at the restored k
 
     # ----------------------------------------------------------------- time loop
     def training_step(self, batch, batch_idx: int) -> Optional[Tensor]:
@@ -280,9 +295,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         if trainer.max_steps is not None and trainer.max_steps > 0:
             lengths.append(-(-trainer.max_steps // steps_per_batch))
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            if trainer.train_dataloader is None:
-                trainer.fit_loop.setup_data()
-            per_epoch = trainer.num_training_batches
+            per_epoch = trainer.num_training_batches  # set up by the fit loop before on_train_start
             if per_epoch != float("inf"):
                 lengths.append(int(per_epoch) * trainer.max_epochs)
         if not lengths or min(lengths) < 1:
