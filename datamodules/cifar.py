@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,7 +12,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, DataFileError, dataset_not_found
+from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found
+from datamodules.safe_files import load_arrays_pickle
 from datamodules.transforms import Cutout
 
 
@@ -88,7 +88,13 @@ class _CIFARDataModule(BaseDataModule):
         if self.download and self._missing_files():
             # torchvision downloads the archive, checks its md5 and extracts it.
             self.root.mkdir(parents=True, exist_ok=True)
-            self.tv_class(str(self.root), train=True, download=True)
+            try:
+                self.tv_class(str(self.root), train=True, download=True)
+            except OSError as exc:  # offline (URLError), refused, disk full: one line naming the URL
+                raise DatasetNotFoundError(
+                    f"{self.display_name}: download of {self.tv_class.url} into {self.root} failed "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); retry online, or fetch it yourself and "
+                    f"extract it into {self.root}", self.data_dir) from exc
         self._check_files()
 
     def _missing_files(self) -> list[str]:
@@ -112,27 +118,27 @@ class _CIFARDataModule(BaseDataModule):
         images, labels = [], []
         for name in files:
             path = self.data_dir / name
+            remedy = f"Delete {self.data_dir} and run again with download=True."
             try:
                 with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
-                data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                targets = np.asarray(entry[self.label_key], dtype=np.int64)
+                    entry = load_arrays_pickle(f)  # numpy arrays and plain data only: no code from a data file
+                data = np.asarray(entry["data"])
+                targets = np.asarray(entry[self.label_key])
             except Exception as exc:  # noqa: BLE001 - reported with the file's path
-                raise DataFileError(
-                    path, f"not a CIFAR python pickle ({type(exc).__name__}: {exc})",
-                    f"Delete {self.data_dir} and run again with download=True.",
-                ) from exc
-            if len(targets) != len(data):
-                raise DataFileError(path, f"{len(data)} images but {len(targets)} labels")
-            images.append(data.transpose(0, 2, 3, 1))
-            labels.append(targets)
-        labels_all = np.concatenate(labels)
-        if labels_all.min() < 0 or labels_all.max() >= self.num_classes:
-            raise RuntimeError(
-                f"{self.data_dir}: labels must lie in [0, {self.num_classes}), "
-                f"found [{labels_all.min()}, {labels_all.max()}]"
-            )
-        return np.ascontiguousarray(np.concatenate(images)), labels_all
+                reason = " ".join(str(exc).split())
+                raise DataFileError(path, f"not a CIFAR python pickle ({type(exc).__name__}: {reason})", remedy) from exc
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise DataFileError(path, f"'data' must be uint8 rows of 3072 bytes (32x32 RGB), got {data.dtype} "
+                                          f"{list(data.shape)}", remedy)
+            if targets.ndim != 1 or targets.dtype.kind not in "iu" or len(targets) != len(data):
+                raise DataFileError(path, f"{len(data)} images but {self.label_key!r} holds {targets.dtype} "
+                                          f"{list(targets.shape)} (one integer label per image expected)", remedy)
+            if len(targets) and (targets.min() < 0 or targets.max() >= self.num_classes):
+                raise DataFileError(path, f"labels must lie in [0, {self.num_classes}), found "
+                                          f"[{targets.min()}, {targets.max()}]", remedy)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(targets.astype(np.int64))
+        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
     # ------------------------------------------------------------------------------ transforms
     def train_transform(self) -> T.Compose:

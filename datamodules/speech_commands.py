@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules.base import BaseDataModule, dataset_not_found
+from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found
 from datamodules.datasets import speech_commands as reader
 from datamodules.datasets.speech_commands import (CLASSES_12, KEYWORDS, SUBSETS, VERSION_WORDS, WORDS, WORDS_V1,
                                                   read_wav)
+from datamodules.safe_files import check_sha256, extract_tar
 
 __all__ = ["SpeechCommandsDataModule", "CLASSES_12", "KEYWORDS", "WORDS", "WORDS_V1", "read_wav"]
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CLASS_SETS = ("35words", "30words", "12class", "words")
 _ARCHIVE_SIZE = {"v0.02": "2.3 GB", "v0.01": "1.4 GB"}
+ARCHIVE_URL = "http://download.tensorflow.org/data/speech_commands_{version}.tar.gz"
+#: SHA-256 of the published archives (torchaudio's ``_CHECKSUMS``).
+ARCHIVE_SHA256 = {"v0.01": "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
+                  "v0.02": "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"}
 
 
 class SpeechCommandsDataModule(BaseDataModule):
@@ -48,6 +53,12 @@ class SpeechCommandsDataModule(BaseDataModule):
     * ``"words"``: one class per entry of ``words`` (required; labels in that order). In YAML quote
       ``"yes"``, ``"no"``, ``"on"``, ``"off"`` (unquoted they are booleans).
 
+    Default (``None``): ``"words"`` when ``words`` is given, else ``"35words"``.
+
+    ``download=True`` fetches ``speech_commands_<version>.tar.gz`` into ``root`` (or uses the one already there),
+    checks its published SHA-256 and extracts it with no member allowed outside the dataset folder
+    (:func:`datamodules.safe_files.extract_tar`).
+
     A class set whose words are absent is refused with an error naming them. Each clip is padded/trimmed to
     1 s at 16 kHz, turned into a Mel-spectrogram (``n_mels`` bands, ``n_fft``-point windows every
     ``hop_length`` samples), log-scaled (dB relative to the clip's peak, 80 dB range, mapped to [0, 1]),
@@ -67,7 +78,7 @@ class SpeechCommandsDataModule(BaseDataModule):
         seed: int = 0,
         download: bool = False,
         version: Literal["v0.02", "v0.01"] = "v0.02",
-        class_set: Literal["35words", "30words", "12class", "words"] = "35words",
+        class_set: Optional[Literal["35words", "30words", "12class", "words"]] = None,
         words: Optional[Sequence[str]] = None,
         image_size: int = 32,
         n_mels: int = 40,
@@ -77,6 +88,8 @@ class SpeechCommandsDataModule(BaseDataModule):
         unknown_percentage: float = 10.0,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed)
+        if class_set is None:  # a word list alone means: those words are the classes
+            class_set = "words" if words is not None else "35words"
         if version not in VERSION_WORDS:
             raise ValueError(f"version must be one of {tuple(VERSION_WORDS)}, got {version!r}")
         if class_set not in CLASS_SETS:
@@ -151,7 +164,7 @@ class SpeechCommandsDataModule(BaseDataModule):
 
     # ---------------------------------------------------------------------------- preparing
     def _how(self) -> str:
-        return (f"pass download=True (torchaudio downloads speech_commands_{self.version}.tar.gz, "
+        return (f"pass download=True (downloads speech_commands_{self.version}.tar.gz, "
                 f"{_ARCHIVE_SIZE[self.version]}, from http://download.tensorflow.org/data/ and extracts it), or "
                 f"extract that archive (or your own word folders in its layout) into {self.data_dir}")
 
@@ -189,18 +202,16 @@ class SpeechCommandsDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         if self.download and not self.data_dir.is_dir():
-            from torchaudio.datasets import SPEECHCOMMANDS
-
-            self.root.mkdir(parents=True, exist_ok=True)
-            SPEECHCOMMANDS(str(self.root), url=f"speech_commands_{self.version}", download=True)
+            self._download_and_extract()
         self._check_folder()
         words = self._selected_words()
         listing = reader.list_subsets(self.root, self.version, words)
-        h = hashlib.sha1()
+        h = hashlib.sha1()  # names, sizes and modification times: a file replaced or edited rebuilds the cache
         for subset in SUBSETS:
-            h.update("\n".join(rel for rel, _ in listing[subset]).encode())
+            h.update("\n".join(f"{rel} {_stamp(self.data_dir / rel)}" for rel, _ in listing[subset]).encode())
         if self.class_set == "12class":
-            h.update("\n".join(reader.noise_files(self.data_dir)).encode())
+            h.update("\n".join(f"{name} {_stamp(self.data_dir / reader.NOISE_DIR / name)}"
+                               for name in reader.noise_files(self.data_dir)).encode())
         fingerprint = h.hexdigest()
         meta_file = self.cache_dir / "meta.json"
         if meta_file.is_file():
@@ -217,6 +228,27 @@ class SpeechCommandsDataModule(BaseDataModule):
         reader.build_feature_cache(self.cache_dir, self.data_dir, selections, rngs,
                                    lambda waves: reader.log_mel_images(waves, mel, self.image_size),
                                    {"fingerprint": fingerprint, "classes": list(self.classes)})
+
+    def _download_and_extract(self) -> None:
+        """Fetch the archive unless it is in ``root`` already, check its SHA-256, extract it safely."""
+        archive = self.root / f"speech_commands_{self.version}.tar.gz"
+        url, sha256 = ARCHIVE_URL.format(version=self.version), ARCHIVE_SHA256[self.version]
+        if archive.is_file():
+            check_sha256(archive, sha256)
+        else:
+            from torch.hub import download_url_to_file  # a temporary file, renamed once its hash matches
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                download_url_to_file(url, str(archive), hash_prefix=sha256, progress=True)
+            except OSError as exc:  # offline (URLError), refused, disk full
+                raise DatasetNotFoundError(f"Speech Commands {self.version}: download of {url} failed "
+                                           f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                                           f"{self._how()}", self.data_dir) from exc
+            except RuntimeError as exc:  # torch.hub: "invalid hash value"
+                raise DataFileError(url, f"the download does not have the published SHA-256 {sha256}",
+                                    "Retry; if it persists the file on the server changed.") from exc
+        extract_tar(archive, self.data_dir)
 
     # ------------------------------------------------------------------------------ loading
     def _load(self, subset: str) -> TensorDataset:
@@ -239,3 +271,12 @@ class SpeechCommandsDataModule(BaseDataModule):
         self.train_set = self._load("training")
         self.val_set = self._load("validation")
         self.test_set = self._load("testing")
+
+
+def _stamp(path: Path) -> str:
+    """``"<size>:<mtime_ns>"`` of a file (``"missing"``): what the cache fingerprint records of its content."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bso_lightning.atomic import atomic_directory
+from datamodules.base import DataFileError
 
 SAMPLE_RATE = 16000
 WORDS = (
@@ -91,6 +92,8 @@ def read_wav(path: Path) -> np.ndarray:
     if data.shape[0] == 0:
         raise ValueError("no audio samples")
     wave = _mono_16k(data, rate)
+    if not np.isfinite(wave).all():  # (float WAVs can hold NaN/Inf: skipped and named, never cached as features)
+        raise ValueError(f"{int((~np.isfinite(wave)).sum())} of its {len(wave)} samples are NaN/Inf")
     out = np.zeros(SAMPLE_RATE, dtype=np.float32)
     out[: min(len(wave), SAMPLE_RATE)] = wave[:SAMPLE_RATE]
     return out
@@ -219,7 +222,8 @@ def build_feature_cache(cache_dir: Path, data_dir: Path, selections: dict[str, t
                     labels += [CLASSES_12.index(SILENCE)] * len(batch)
                     bar.update(len(batch))
             if not labels:
-                raise RuntimeError(f"Speech Commands: no readable clip in the {subset} split of {data_dir}")
+                raise DataFileError(data_dir, f"no readable clip in the {subset} split of Speech Commands "
+                                              f"({len(skipped)} unreadable file(s), e.g. {skipped[:1]})")
             np.savez(tmp / f"{subset}.npz", features=np.concatenate(features), labels=np.array(labels, dtype=np.int64))
             counts[subset] = len(labels)
         (tmp / "meta.json").write_text(json.dumps({"version": CACHE_VERSION, **meta, "counts": counts,

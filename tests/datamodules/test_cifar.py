@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,66 @@ def test_cli_sees_every_argument_with_the_class_default_root(cls, root):
     assert parser.parse_args(["--data.val_size", "5"]).data.val_size == 5
     with pytest.raises(Exception, match="val_size"):
         parser.parse_args(["--data.val_size", "five"])  # typed, not just passed through
+
+
+# --------------------------------------------------------------------------- hostile and malformed batches (issue 19)
+
+
+def _rewrite_batch(root, name, **changes):
+    import pickle
+
+    path = root / "cifar-10-batches-py" / name
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")  # (the fixture, written by this test suite)
+    entry.update(changes)
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+    return path
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > cifar_payload_ran",))
+
+
+def test_a_batch_whose_pickle_would_run_code_is_refused_without_running_it(private_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = private_root("cifar10")
+    bad = _rewrite_batch(root, "data_batch_2", labels=_RunsCode())
+    with pytest.raises(DataFileError, match=r"data_batch_2: not a CIFAR python pickle \(UnpicklingError: it refers "
+                                            r"to (posix|os|nt)\.system; only numpy arrays"):
+        CIFAR10DataModule(root=root).setup()
+    assert not (tmp_path / "cifar_payload_ran").exists()
+    assert bad.is_file()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (lambda n: {"labels": [10] * n}, r"data_batch_1: labels must lie in \[0, 10\), found \[10, 10\]"),
+    (lambda n: {"data": np.zeros((n, 3000), dtype=np.uint8)}, r"data_batch_1: 'data' must be uint8 rows of 3072 .*3000"),
+    (lambda n: {"labels": [0] * (n - 1)}, r"data_batch_1: \d+ images but 'labels' holds int64 \[\d+\]"),
+], ids=["label_10", "rows_of_3000_bytes", "one_label_short"])
+def test_malformed_batches_are_named_in_one_line(private_root, changes, message):
+    from tests.fixtures.make_fixtures import CIFAR10_PER_BATCH
+
+    root = private_root("cifar10")
+    _rewrite_batch(root, "data_batch_1", **changes(CIFAR10_PER_BATCH))
+    with pytest.raises(DataFileError, match=message) as info:
+        CIFAR10DataModule(root=root).setup()
+    assert "\n" not in str(info.value)
+
+
+def test_an_offline_download_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    import urllib.error
+
+    class Offline:
+        url, filename = CIFAR10DataModule.tv_class.url, CIFAR10DataModule.tv_class.filename
+
+        def __init__(self, root, train=True, download=False):
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(CIFAR10DataModule, "tv_class", Offline)
+    with pytest.raises(DatasetNotFoundError, match=r"CIFAR-10: download of https://www.cs.toronto.edu/\S+ into \S+ "
+                                                   r"failed \(URLError: <urlopen error \[Errno -3\]"):
+        CIFAR10DataModule(root=tmp_path, download=True).prepare_data()

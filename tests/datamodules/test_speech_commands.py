@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,27 +137,136 @@ def test_bad_arguments(kwargs, tmp_path):
         SpeechCommandsDataModule(root=tmp_path, **kwargs)
 
 
-def test_download_true_uses_torchaudio(data_roots, tmp_path, monkeypatch):
-    """No network in tests: torchaudio's download is replaced by a copy of the fixture."""
+def _archive(data_roots, path, extra=()):
+    """The fixture's version folder as torchaudio's archive layout (members relative to that folder), plus
+    ``extra`` members ``(TarInfo, bytes or None)``."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(data_roots["speech_commands"].joinpath(*BASE), arcname=".")
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def test_download_true_fetches_checks_and_extracts_the_archive(data_roots, tmp_path, monkeypatch):
+    """No network in tests: torch.hub's downloader copies the fixture archive (and checks its hash, as it would)."""
     import shutil
 
-    import torchaudio.datasets
+    import torch.hub
 
-    real = torchaudio.datasets.SPEECHCOMMANDS
-    downloads = []
+    from datamodules import speech_commands as module
+    from datamodules.safe_files import sha256_of
 
-    class Fake(real):
-        def __init__(self, root, *args, download=False, **kwargs):
-            if download:
-                downloads.append(root)
-                shutil.copytree(data_roots["speech_commands"] / "SpeechCommands", f"{root}/SpeechCommands",
-                                ignore=shutil.ignore_patterns("bso_cache"))
-            super().__init__(root, *args, download=False, **kwargs)
+    served = _archive(data_roots, tmp_path / "served.tar.gz")
+    monkeypatch.setitem(module.ARCHIVE_SHA256, "v0.02", sha256_of(served))
+    fetched = []
 
-    monkeypatch.setattr(torchaudio.datasets, "SPEECHCOMMANDS", Fake)
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        fetched.append((url, hash_prefix))
+        shutil.copy(served, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     dm = SpeechCommandsDataModule(root=tmp_path / "new", download=True)
     dm.setup()
-    assert downloads == [str(tmp_path / "new")] and len(dm.train_set) == 35 * 2
+    assert fetched == [(module.ARCHIVE_URL.format(version="v0.02"), sha256_of(served))]
+    assert len(dm.train_set) == 35 * 2
+
+    again = tmp_path / "again"  # the archive already in root: checked, not fetched
+    again.mkdir()
+    shutil.copy(served, again / "speech_commands_v0.02.tar.gz")
+    SpeechCommandsDataModule(root=again, download=True).prepare_data()
+    assert len(fetched) == 1 and (again.joinpath(*BASE) / "validation_list.txt").is_file()
+
+
+def test_an_archive_in_root_with_another_checksum_is_refused(data_roots, tmp_path):
+    from datamodules import DataFileError
+
+    archive = _archive(data_roots, tmp_path / "speech_commands_v0.02.tar.gz")
+    with pytest.raises(DataFileError, match=r"speech_commands_v0.02.tar.gz: its SHA-256 is [0-9a-f]+, the published"):
+        SpeechCommandsDataModule(root=tmp_path, download=True).prepare_data()
+    assert not tmp_path.joinpath(*BASE).exists()
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/bso_abs_escaped.txt", "link_out", "sub/../../escaped.txt"])
+def test_archive_members_outside_the_dataset_folder_are_refused(data_roots, tmp_path, monkeypatch, member):
+    """A hostile archive (path traversal, an absolute name, a link pointing out): nothing is written outside the
+    dataset folder, and no partial dataset folder is left behind."""
+    import tarfile
+
+    from datamodules import DataFileError
+    from datamodules import speech_commands as module
+    from datamodules.safe_files import sha256_of
+
+    root = tmp_path / "root"
+    root.mkdir()
+    info = tarfile.TarInfo(member)
+    if member == "link_out":
+        info.type, info.linkname = tarfile.SYMTYPE, "../../outside"
+        payload = None
+    else:
+        payload = b"pwned"
+        info.size = len(payload)
+    archive = _archive(data_roots, root / "speech_commands_v0.02.tar.gz", [(info, payload)])
+    monkeypatch.setitem(module.ARCHIVE_SHA256, "v0.02", sha256_of(archive))
+    with pytest.raises(DataFileError, match=r"speech_commands_v0.02.tar.gz: not extracted"):
+        SpeechCommandsDataModule(root=root, download=True).prepare_data()
+    assert not (tmp_path / "escaped.txt").exists() and not (root / "escaped.txt").exists()
+    assert not Path("/tmp/bso_abs_escaped.txt").exists()
+    assert sorted(p.name for p in (root / "SpeechCommands").iterdir()) == []  # no partial extraction left
+
+
+def test_offline_download_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"download of http://download.tensorflow.org/data/"
+                                                   r"speech_commands_v0.02.tar.gz failed \(URLError"):
+        SpeechCommandsDataModule(root=tmp_path, download=True).prepare_data()
+
+
+def test_a_word_list_alone_makes_those_words_the_classes(private_root):
+    dm = SpeechCommandsDataModule(root=private_root("speech_commands"), words=["yes", "no", "up"], batch_size=4)
+    assert dm.class_set == "words" and dm.classes == ("yes", "no", "up") and dm.num_classes == 3
+    dm.setup()
+    assert sorted(set(dm.train_set.tensors[1].tolist())) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"class_set='35words' needs the words"):  # an explicit class set still rules
+        SpeechCommandsDataModule(root=private_root("speech_commands", "again"), words=["yes"], class_set="35words")
+
+
+def test_a_wav_of_nan_samples_is_skipped_and_named(private_root, caplog):
+    root = private_root("speech_commands")
+    bad = sorted(root.joinpath(*BASE, "yes").glob("*.wav"))[0]
+    samples = np.full(8000, np.nan, dtype=np.float32)
+    soundfile.write(bad, samples, 16000, subtype="FLOAT")
+    dm = SpeechCommandsDataModule(root=root, batch_size=8)
+    with caplog.at_level(logging.WARNING):
+        dm.setup()
+    assert len(dm.skipped_files) == 1 and str(bad) in dm.skipped_files[0] and "NaN/Inf" in dm.skipped_files[0]
+    assert str(bad) in caplog.text
+    for split in (dm.train_set, dm.val_set, dm.test_set):
+        assert torch.isfinite(split.tensors[0]).all()
+
+
+def test_a_file_whose_content_changed_rebuilds_the_cache(private_root):
+    import os
+
+    root = private_root("speech_commands")
+    SpeechCommandsDataModule(root=root).setup()
+    clip = root.joinpath(*BASE, "yes") / _lines(root, "testing_list.txt")[WORDS.index("yes")].split("/")[1]
+    soundfile.write(clip, np.zeros(16000, dtype=np.float32), 16000, subtype="PCM_16")  # same name, silence now
+    os.utime(clip, ns=(1, 1))  # (a file restored from an archive can carry an old time: the size differs too)
+    dm = SpeechCommandsDataModule(root=root)
+    dm.setup()
+    index = [line.split("/")[0] for line in _lines(root, "testing_list.txt")].index("yes")
+    x = dm.test_set.tensors[0][index]
+    assert torch.all(x == x.flatten()[0])  # the silent clip's image, not the cached tone's
 
 
 V1 = ("SpeechCommands", "speech_commands_v0.01")
