@@ -22,7 +22,6 @@ from torch import Tensor, nn
 __all__ = ["PackedBinaryParameter", "pack_signs", "unpack_signs", "is_packed", "binary_numel", "binary_shape",
            "binary_signs"]
 
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
@@ -47,8 +46,9 @@ def pack_bits(mask: Tensor) -> Tensor:
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = _BIT_WEIGHTS.to(flat.device)
-    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+    # shifts made on the device: copying a CPU constant to CUDA would be a blocking copy (a host sync) per call
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=flat.device)
+    return torch.bitwise_left_shift(flat.view(-1, 8).to(torch.uint8), shifts).sum(1, dtype=torch.uint8)
 
 
 def pack_signs(weight: Tensor, name: str = "weight") -> Tensor:

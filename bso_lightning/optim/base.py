@@ -7,6 +7,8 @@ whose gradient the layer hands over as ``packed_grad``).
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -23,6 +25,23 @@ STATE_DTYPES: dict[str, torch.dtype] = {"v": torch.float32, "last_flips": torch.
 #: Length of the random row that the stochastic rounding of a bfloat16 momentum repeats over a tensor.
 NOISE_WIDTH = 4096
 MOMENTUM_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: Device types on which ``fused=None`` (auto) steps through the compiled update (where Triton is available).
+AUTO_FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+
+
+@functools.cache
+def _triton_available() -> bool:
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
+def _is_compile_error(error: BaseException) -> bool:
+    """Whether ``error`` comes from building the compiled step (no Triton, no C compiler, ...)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    return isinstance(error, (BackendCompilerFailed, InductorError))
 
 
 def check_momentum_dtype(value: Any) -> torch.dtype:
@@ -45,18 +64,22 @@ class BinaryOptimizer(torch.optim.Optimizer):
         momentum_dtype: ``float32`` (default) or ``bfloat16`` (2 bytes per weight; stored by stochastic
             rounding from a generator seeded with ``rounding_seed``, whose state is saved in ``state_dict``).
         fused: step through the ``torch.compile``d update (an instance setting, not saved: a checkpoint resumes
-            with either path).
+            with either path). ``None`` (default, auto): compiled on CUDA where Triton is available (each tensor's
+            update fused into a few kernels instead of ~12 eager launches; the first step compiles), eager on CPU
+            (no compile time, no C++ compiler needed); decided per device at each step by :meth:`fused_on`. In
+            auto mode a compiled step that cannot be built falls back to the eager one with a warning.
     """
 
     _state_keys: frozenset[str] = frozenset({"momentum", "last_flips", "nonfinite_steps"})
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], fused: bool = False,
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], fused: bool | None = None,
                  momentum_dtype: torch.dtype | str = torch.float32, rounding_seed: int = 0) -> None:
-        if not isinstance(fused, bool):
-            raise TypeError(f"fused must be a bool, got {fused!r}")
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool or None (auto), got {fused!r}")
         if not isinstance(rounding_seed, int) or isinstance(rounding_seed, bool):
             raise ValueError(f"rounding_seed must be an int, got {rounding_seed!r}")
         self.fused = fused
+        self._eager_devices: set[torch.device] = set()  # auto mode: devices whose compiled step failed to build
         self.momentum_dtype = check_momentum_dtype(momentum_dtype)
         self.rounding_seed = rounding_seed
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -99,8 +122,16 @@ class BinaryOptimizer(torch.optim.Optimizer):
     # -- stepping ----------------------------------------------------------------------
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]], noises: list[Tensor | None] | None, time_step: int) -> None:
+                states: list[dict[str, Any]], noises: list[Tensor | None] | None, time_step: int,
+                fused: bool) -> None:
         raise NotImplementedError
+
+    def fused_on(self, device: torch.device) -> bool:
+        """Whether the step of tensors on ``device`` runs compiled: ``fused`` if set, else (auto) on CUDA with
+        Triton (unless building it failed there), eager elsewhere."""
+        if self.fused is not None:
+            return self.fused
+        return device.type in AUTO_FUSED_DEVICE_TYPES and device not in self._eager_devices and _triton_available()
 
     @staticmethod
     def _evaluate(closure: Callable[[], Any] | None) -> Any:
@@ -140,9 +171,20 @@ class BinaryOptimizer(torch.optim.Optimizer):
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for p in params:
             by_device[p.device].append(p)
-        for ps in by_device.values():
-            grads = [binary_grad(p) for p in ps]
-            self._update(group, ps, grads, [self.state[p] for p in ps], self._rounding_noise(ps), time_step)
+        for device, ps in by_device.items():
+            args = (group, ps, [binary_grad(p) for p in ps], [self.state[p] for p in ps], self._rounding_noise(ps),
+                    time_step)
+            fused = self.fused_on(device)
+            try:
+                self._update(*args, fused=fused)
+            except Exception as error:  # a build error is raised before the compiled graph changed anything
+                if self.fused is not None or not fused or not _is_compile_error(error):
+                    raise
+                self._eager_devices.add(device)
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                warnings.warn(f"{type(self).__name__}: the compiled step could not be built on {device} ({reason}); "
+                              "stepping eagerly there (set fused=False to skip the attempt)", RuntimeWarning)
+                self._update(*args, fused=False)
 
     def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
         """Parameters of ``group`` with a pending gradient (state initialised); the others' ``last_flips``

@@ -29,6 +29,7 @@ class BSO(BinaryOptimizer):
             this; the paper does not); key ``reset_momentum_on_flip``.
         fused: run each group's step through ``torch.compile`` (same flips; the first step compiles for
             seconds and needs a C++ compiler on CPU, Triton on CUDA). See :mod:`bso_lightning.optim.functional`.
+            ``None`` (default): compiled on CUDA, eager on CPU (:meth:`fused_on`).
         momentum_dtype: ``float32`` or ``bfloat16`` (stochastic rounding, seeded by ``rounding_seed``).
 
     A tensor whose gradient is not finite (NaN/Inf, or squares overflowing float32) is left
@@ -36,7 +37,7 @@ class BSO(BinaryOptimizer):
     """
 
     def __init__(self, params: Iterable[Any], threshold: float = 5e-7, beta: float = 0.999,
-                 reset_momentum_on_flip: bool = False, fused: bool = False,
+                 reset_momentum_on_flip: bool = False, fused: bool | None = None,
                  momentum_dtype: torch.dtype | str = torch.float32, rounding_seed: int = 0) -> None:
         defaults = dict(threshold=check_threshold(threshold), beta=check_decay(beta, "beta"),
                         reset_momentum_on_flip=bool(reset_momentum_on_flip))
@@ -46,10 +47,10 @@ class BSO(BinaryOptimizer):
         check_threshold(group["threshold"])
         check_decay(group["beta"], "beta")
 
-    def _update(self, group, params, grads, states, noises, time_step) -> None:
+    def _update(self, group, params, grads, states, noises, time_step, fused) -> None:
         functional.bso(params, grads, [s["momentum"] for s in states], [s["last_flips"] for s in states],
                        [s["nonfinite_steps"] for s in states], beta=group["beta"], threshold=group["threshold"],
-                       reset_momentum_on_flip=group["reset_momentum_on_flip"], rounding_noise=noises, fused=self.fused)
+                       reset_momentum_on_flip=group["reset_momentum_on_flip"], rounding_noise=noises, fused=fused)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, time_step: int | None = None) -> Any:

@@ -267,7 +267,8 @@ def _noises_for(noises: list[Tensor | None], grads: Sequence[Tensor], fused: boo
 
 
 def _scalar(value: float, device: torch.device) -> Tensor:
-    return torch.as_tensor(value, dtype=torch.float32, device=device)
+    # torch.full, not torch.tensor: on CUDA a tensor built from Python data is a blocking copy (a host sync)
+    return torch.full((), value, dtype=torch.float32, device=device)
 
 
 def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], last_flips: Sequence[Tensor],
@@ -298,7 +299,7 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
     noises = _noises_for(list(rounding_noise) if rounding_noise is not None else [None] * len(data), grads, fused)
     impl = _compiled_fn("tbso") if fused else _eager_tbso_tensors
     impl(data, shapes, list(grads), list(momenta), list(vs),
-         torch.tensor([time_step], device=device) if fused else time_step,
+         torch.full((1,), time_step, dtype=torch.int64, device=device) if fused else time_step,
          list(last_flips), list(nonfinite_steps), noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device),
          _scalar(1.0 - betas[1], device), _scalar(threshold, device), _scalar(eps, device),
          eps_placement == "outside")

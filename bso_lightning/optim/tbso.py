@@ -48,7 +48,7 @@ class TBSO(BinaryOptimizer):
     _state_keys = BinaryOptimizer._state_keys | {"v"}
 
     def __init__(self, params: Iterable[Any], threshold: float = 5e-7, betas: tuple[float, float] = (0.999, 0.99999),
-                 eps: float = 1e-10, eps_placement: str = "inside", fused: bool = False,
+                 eps: float = 1e-10, eps_placement: str = "inside", fused: bool | None = None,
                  momentum_dtype: torch.dtype | str = torch.float32, rounding_seed: int = 0) -> None:
         defaults = dict(threshold=check_threshold(threshold), betas=check_betas(betas), eps=check_eps(eps),
                         eps_placement=check_eps_placement(eps_placement))
@@ -75,12 +75,12 @@ class TBSO(BinaryOptimizer):
             state["v"] = v = grown
         return v
 
-    def _update(self, group, params, grads, states, noises, time_step) -> None:
+    def _update(self, group, params, grads, states, noises, time_step, fused) -> None:
         functional.tbso(params, grads, [s["momentum"] for s in states],
                         [self._v_with_length(s, time_step + 1) for s in states], [s["last_flips"] for s in states],
                         [s["nonfinite_steps"] for s in states], time_step=time_step, betas=group["betas"],
                         threshold=group["threshold"], eps=group["eps"], eps_placement=group["eps_placement"],
-                        rounding_noise=noises, fused=self.fused)
+                        rounding_noise=noises, fused=fused)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, time_step: int = 0) -> Any:
