@@ -11,6 +11,7 @@ import functools
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
@@ -18,13 +19,15 @@ import torch
 from torch import Tensor
 
 from bso_lightning.nn.packed import binary_grad, binary_shape, clear_binary_grad, is_packed
-from bso_lightning.optim.checks import check_binary_values
+from bso_lightning.optim.checks import check_binary_values, check_time_step
+from bso_lightning.optim.functional import (NOISE_WIDTH, dequantize_int8, int8_scale_size, quantize_int8_,
+                                            workspace_bytes)
 
-#: Dtypes of the counters (the momentum's is the optimizer's ``momentum_dtype``; T-BSO's v is float32).
-STATE_DTYPES: dict[str, torch.dtype] = {"v": torch.float32, "last_flips": torch.int64, "nonfinite_steps": torch.int64}
-#: Length of the random row that the stochastic rounding of a bfloat16 momentum repeats over a tensor.
-NOISE_WIDTH = 4096
-MOMENTUM_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: Dtypes of the counters (the momentum's is the optimizer's ``momentum_dtype``; T-BSO's v and the block scales of
+#: an int8 momentum are float32).
+STATE_DTYPES: dict[str, torch.dtype] = {"v": torch.float32, "last_flips": torch.int64, "nonfinite_steps": torch.int64,
+                                        "momentum_scale": torch.float32}
+MOMENTUM_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 #: Device types on which ``fused=None`` (auto) steps through the compiled update (where Triton is available).
 AUTO_FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
@@ -45,7 +48,7 @@ def _is_compile_error(error: BaseException) -> bool:
 
 
 def check_momentum_dtype(value: Any) -> torch.dtype:
-    """``float32`` or ``bfloat16`` (a ``torch.dtype`` or its name)."""
+    """``float32``, ``bfloat16`` or ``int8`` (a ``torch.dtype`` or its name)."""
     allowed = tuple(MOMENTUM_DTYPES)
     if isinstance(value, torch.dtype) and value in MOMENTUM_DTYPES.values():
         return value
@@ -61,8 +64,9 @@ class BinaryOptimizer(torch.optim.Optimizer):
     and may extend ``_state_keys`` / ``_init_state``.
 
     Args:
-        momentum_dtype: ``float32`` (default) or ``bfloat16`` (2 bytes per weight; stored by stochastic
-            rounding from a generator seeded with ``rounding_seed``, whose state is saved in ``state_dict``).
+        momentum_dtype: ``float32`` (default), ``bfloat16`` (2 bytes per weight) or ``int8`` (1 byte per weight +
+            one float32 scale per block of 256: block-wise absmax codes). Both are stored by stochastic rounding
+            from a generator seeded with ``rounding_seed``, whose state is saved in ``state_dict``.
         fused: step through the ``torch.compile``d update (an instance setting, not saved: a checkpoint resumes
             with either path). ``None`` (default, auto): compiled on CUDA where Triton is available (each tensor's
             update fused into a few kernels instead of ~12 eager launches; the first step compiles), eager on CPU
@@ -103,6 +107,9 @@ class BinaryOptimizer(torch.optim.Optimizer):
         """Add the missing state entries of ``p`` (all of them at its first step)."""
         if "momentum" not in state:
             state["momentum"] = torch.zeros(binary_shape(p), dtype=self.momentum_dtype, device=p.device)
+        if self.momentum_dtype == torch.int8 and "momentum_scale" not in state:
+            state["momentum_scale"] = torch.zeros(int8_scale_size(binary_shape(p).numel()), dtype=torch.float32,
+                                                  device=p.device)
         for key in ("last_flips", "nonfinite_steps"):
             if key not in state:
                 state[key] = torch.zeros((), dtype=torch.int64, device=p.device)
@@ -141,7 +148,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
             return closure()
 
     def _rounding_noise(self, params: list[Tensor]) -> list[Tensor | None] | None:
-        """Per tensor, a row of uniform 16-bit integers for the stochastic rounding of a bfloat16 momentum
+        """Per tensor, a row of uniform 16-bit integers for the stochastic rounding of a bfloat16 or int8 momentum
         (None for float32).
 
         Each row is a fixed random row (``NOISE_WIDTH`` entries, from ``rounding_seed``) plus a fresh random
@@ -205,7 +212,8 @@ class BinaryOptimizer(torch.optim.Optimizer):
 
     def _ensure_state(self, p: Tensor) -> None:
         state = self.state[p]
-        if not self._state_keys <= state.keys():
+        keys = self._state_keys | ({"momentum_scale"} if self.momentum_dtype == torch.int8 else set())
+        if not keys <= state.keys():
             self._init_state(p, state)
 
     def _groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
@@ -227,12 +235,40 @@ class BinaryOptimizer(torch.optim.Optimizer):
 
     # -- stepping inside the backward (no whole-model gradient) -----------------------------
 
+    @contextmanager
+    def stepping_in_backward(self, time_step: int = 0) -> Iterator[None]:
+        """Inside the block, each binary tensor is stepped (for time step ``time_step``) as soon as the backward has
+        completed its gradient, and the gradient is freed at once; no ``step()`` is needed after it::
+
+            with binary_opt.stepping_in_backward(time_step=t):
+                loss.backward()
+
+        The peak then holds one layer's weight gradient instead of the model's. Not for DDP (the gradient must be
+        all-reduced first) or for accumulating gradients over several backwards. ``flip_counts()`` afterwards
+        reports this backward's flips (0 for tensors that got no gradient).
+        """
+        self.set_backward_time_step(time_step)
+        enabled_here = not self.steps_in_backward
+        if enabled_here:
+            self.step_in_backward(True)
+        self._stepped_in_backward.clear()
+        try:
+            yield
+        finally:
+            if enabled_here:
+                self.step_in_backward(False)
+            for p in self.binary_parameters():
+                state = self.state.get(p)
+                if state and "last_flips" in state and id(p) not in self._stepped_in_backward:
+                    state["last_flips"].zero_()
+
     def step_in_backward(self, enabled: bool = True) -> None:
-        """Step each binary tensor as soon as its gradient is complete, then free that gradient.
+        """Step each binary tensor as soon as its gradient is complete, then free that gradient (until switched off).
 
         With it, the peak holds one layer's weight gradient instead of the model's. Set the time step with
         :meth:`set_backward_time_step` before each backward; ``step()`` then only finishes the accounting.
         Not for DDP (the gradient must be all-reduced first) or gradient accumulation over steps.
+        :meth:`stepping_in_backward` does the same for one backward.
         """
         for handle in self._backward_hooks:
             handle.remove()
@@ -244,8 +280,8 @@ class BinaryOptimizer(torch.optim.Optimizer):
             self._backward_hooks.append(register(self._backward_hook))
 
     def set_backward_time_step(self, time_step: int) -> None:
-        """The time step t that :meth:`step_in_backward` passes to the update."""
-        self._backward_time_step = time_step
+        """The time step t that :meth:`step_in_backward` passes to the update (an int >= 0)."""
+        self._backward_time_step = check_time_step(time_step)
 
     def _group_of(self, p: Tensor) -> dict[str, Any]:
         """The param group holding ``p``, looked up at call time (``load_state_dict`` replaces the group dicts)."""
@@ -299,6 +335,35 @@ class BinaryOptimizer(torch.optim.Optimizer):
         """int64 [n_params]: steps skipped per tensor because its update was not finite."""
         return self._stacked("nonfinite_steps")
 
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes this optimizer keeps between steps, by kind (everything counted; ``benchmarks/state_bytes.py``).
+
+        ``weights``: the binary tensors (packed: their bits); ``momentum``; ``momentum_scale`` (int8 block scales);
+        ``v`` (T-BSO); ``counters`` (flips, skipped steps); ``rounding_noise`` (the random rows and generator states
+        of stochastic rounding); ``workspaces`` (the eager step's reused buffers on these devices, shared by every
+        optimizer there); ``gradients``: binary gradients alive now (none between steps after ``zero_grad()`` or
+        when stepping inside the backward).
+        """
+        def nbytes(t: Tensor) -> int:
+            return t.numel() * t.element_size()
+
+        params = self.binary_parameters()
+        kinds = {"momentum": "momentum", "momentum_scale": "momentum_scale", "v": "v", "last_flips": "counters",
+                 "nonfinite_steps": "counters"}
+        out = dict.fromkeys(("weights", "momentum", "momentum_scale", "v", "counters", "rounding_noise",
+                             "workspaces", "gradients"), 0)
+        for p in params:
+            out["weights"] += nbytes(p)
+            grad = binary_grad(p)
+            out["gradients"] += nbytes(grad) if grad is not None else 0
+            for key, value in self.state.get(p, {}).items():
+                if isinstance(value, Tensor):
+                    out[kinds.get(key, key)] = out.get(kinds.get(key, key), 0) + nbytes(value)
+        out["rounding_noise"] = (sum(nbytes(row) for row in self._noise_rows.values())
+                                 + sum(nbytes(gen.get_state()) for gen in self._generators.values()))
+        out["workspaces"] = sum(workspace_bytes(device) for device in {p.device for p in params})
+        return out
+
     # -- checkpoints -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -308,12 +373,35 @@ class BinaryOptimizer(torch.optim.Optimizer):
             out["rounding_rng"] = {str(device): gen.get_state() for device, gen in self._generators.items()}
         return out
 
+    def _momentum_as_own_dtype(self, key: Any, values: dict[str, Any]) -> dict[str, Any]:
+        """A saved parameter state with its momentum converted to this optimizer's ``momentum_dtype`` storage."""
+        momentum, scale = values.get("momentum"), values.get("momentum_scale")
+        if not isinstance(momentum, Tensor):
+            return values
+        if (momentum.dtype == torch.int8) != isinstance(scale, Tensor):
+            raise ValueError(f"optimizer state of parameter {key}: an int8 momentum needs its float32 "
+                             "'momentum_scale' and only an int8 momentum has one")
+        if isinstance(scale, Tensor) and scale.numel() != int8_scale_size(momentum.numel()):
+            raise ValueError(f"optimizer state of parameter {key}: 'momentum_scale' has {scale.numel()} entries, "
+                             f"its int8 momentum of {momentum.numel()} entries needs {int8_scale_size(momentum.numel())}")
+        values = dict(values)
+        if momentum.dtype == torch.int8 and self.momentum_dtype != torch.int8:
+            values["momentum"] = dequantize_int8(momentum, scale.float())
+            del values["momentum_scale"]
+        elif momentum.dtype != torch.int8 and self.momentum_dtype == torch.int8:
+            m = momentum.to(torch.float32, copy=True)
+            values["momentum"] = torch.empty_like(m, dtype=torch.int8)
+            values["momentum_scale"] = torch.zeros(int8_scale_size(m.numel()), dtype=torch.float32, device=m.device)
+            quantize_int8_(m, values["momentum"], values["momentum_scale"], None)
+        return values
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like ``torch.optim.Optimizer`` but keep the state dtypes (momentum: ``momentum_dtype``; counters int64).
 
         (The base class would cast every state tensor to the parameter's dtype: the int64 counters, and the
-        momentum of a bf16 or packed weight, would be corrupted.) A float32 momentum loads into a bfloat16
-        optimizer and back.
+        momentum of a bf16 or packed weight, would be corrupted.) A momentum of any ``momentum_dtype`` loads into
+        an optimizer of any other (an int8 one is dequantised; one loaded into an int8 optimizer is quantised,
+        rounding to nearest).
         """
         state_dict = dict(state_dict)
         rng_states = state_dict.pop("rounding_rng", {})
@@ -329,7 +417,7 @@ class BinaryOptimizer(torch.optim.Optimizer):
             self.state[param] = {
                 name: (value.to(device=param.device, dtype=dtypes.get(name, value.dtype), copy=True)
                        if isinstance(value, Tensor) else value)
-                for name, value in values.items()
+                for name, value in self._momentum_as_own_dtype(key, values).items()
             }
             momentum = self.state[param].get("momentum")
             if momentum is not None and momentum.shape != binary_shape(param):

@@ -30,7 +30,8 @@ class BSO(BinaryOptimizer):
         fused: run each group's step through ``torch.compile`` (same flips; the first step compiles for
             seconds and needs a C++ compiler on CPU, Triton on CUDA). See :mod:`bso_lightning.optim.functional`.
             ``None`` (default): compiled on CUDA, eager on CPU (:meth:`fused_on`).
-        momentum_dtype: ``float32`` or ``bfloat16`` (stochastic rounding, seeded by ``rounding_seed``).
+        momentum_dtype: ``float32``, ``bfloat16`` or ``int8`` (block-wise; both stored by stochastic rounding,
+            seeded by ``rounding_seed``).
 
     A tensor whose gradient is not finite (NaN/Inf, or squares overflowing float32) is left
     untouched for that step and counted in ``nonfinite_counts()``.
@@ -50,7 +51,8 @@ class BSO(BinaryOptimizer):
     def _update(self, group, params, grads, states, noises, time_step, fused) -> None:
         functional.bso(params, grads, [s["momentum"] for s in states], [s["last_flips"] for s in states],
                        [s["nonfinite_steps"] for s in states], beta=group["beta"], threshold=group["threshold"],
-                       reset_momentum_on_flip=group["reset_momentum_on_flip"], rounding_noise=noises, fused=fused)
+                       reset_momentum_on_flip=group["reset_momentum_on_flip"], rounding_noise=noises,
+                       momentum_scales=[s.get("momentum_scale") for s in states], fused=fused)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, time_step: int | None = None) -> Any:

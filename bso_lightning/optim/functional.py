@@ -2,8 +2,9 @@
 
 :func:`bso` and :func:`tbso` are the functional forms (as ``torch.optim.sgd.sgd``): lists of weights, gradients
 and state in, everything updated in place. Each dispatches to an eager implementation or to the same per-tensor
-code compiled by ``torch.compile`` (``fused=True``); both run :func:`_bso_tensor` / :func:`_tbso_tensor`, so the
-two paths cannot drift apart (the compiled momentum may differ in the last bit of float32 rounding).
+code compiled by ``torch.compile`` (``fused=True``); both run :func:`_bso_tensor` / :func:`_tbso_tensor`'s math and
+share the momentum storage (:func:`_momentum_as_float32`, :func:`_store_momentum_`), so the two paths cannot drift
+apart (the compiled momentum may differ in the last bit of float32 rounding).
 
 Per binary tensor W (±1, dense or packed as bits), gradient G and momentum M::
 
@@ -17,13 +18,24 @@ A tensor whose gradient is not finite — NaN/Inf, or ‖G‖² overflowing floa
 (weights and state) and counted in ``nonfinite_steps``; so M stays finite: |M| ≤ max |G| of the steps taken.
 Everything is tensor code without a host-device sync (the "ok" decision is a 0-dim bool tensor).
 
-A bfloat16 momentum is updated in float32 and stored by stochastic rounding (``rounding_noise``: uniform 16-bit
-integers, one per entry): with β = 1 − 1e-3 the update (1 − β)·(G − M) is far below bfloat16's resolution, and
-round-to-nearest would stall M (``rounding_noise=None`` does exactly that; tests/optim/test_momentum_dtype.py).
+The momentum is stored in float32, bfloat16 or int8. The update is always computed in float32:
+
+* bfloat16: stored by stochastic rounding (``rounding_noise``: uniform 16-bit integers, one per entry): with
+  β = 1 − 1e-3 the update (1 − β)·(G − M) is far below bfloat16's resolution, and round-to-nearest would stall M
+  (``rounding_noise=None`` does exactly that; tests/optim/test_momentum_dtype.py).
+* int8: block-wise absmax quantisation (as the 8-bit optimizers of bitsandbytes): per block of ``QUANT_BLOCK``
+  entries one float32 scale s = max|M| / 127 and codes q = M / s rounded stochastically to an integer in
+  [−127, 127] (up with probability equal to the fractional part: unbiased), M = q·s. 1 byte + 4 / ``QUANT_BLOCK``
+  bytes per weight.
+
+The eager step works through each tensor in chunks of ``EAGER_CHUNK`` entries with every temporary written into
+small reused buffers (``out=``): it allocates nothing tensor-sized (fresh allocations cost page faults that
+dominate on CPU) and its buffers stay below 0.1 byte per weight of VGG-11 whatever the layer sizes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -31,12 +43,31 @@ from torch import Tensor
 
 from bso_lightning.nn.packed import PackedBinaryParameter, _sign_table, pack_bits, unpack_signs
 
-__all__ = ["bso", "tbso", "stochastic_round_to_bfloat16", "tbso_flip_threshold", "EPS_PLACEMENTS"]
+__all__ = ["bso", "tbso", "stochastic_round_to_bfloat16", "quantize_int8_", "dequantize_int8", "tbso_flip_threshold",
+           "workspace_bytes", "EPS_PLACEMENTS", "QUANT_BLOCK", "NOISE_WIDTH", "EAGER_CHUNK"]
 
 EPS_PLACEMENTS = ("inside", "outside")
+#: Entries per block of an int8 momentum (one float32 scale each: 4 / 256 = 0.016 byte per weight).
+QUANT_BLOCK = 256
+#: Length of the random row that stochastic rounding repeats over a tensor (see ``BinaryOptimizer._rounding_noise``).
+NOISE_WIDTH = 4096
+#: Entries per chunk of the eager step (a multiple of ``NOISE_WIDTH``, ``QUANT_BLOCK`` and 8, so chunking changes
+#: no result). ``None``: whole tensors, with buffers the size of the largest one (the layout before issue 20).
+EAGER_CHUNK: int | None = 1 << 15
 
 
-# --------------------------------------------------------------------------- per-tensor math (shared)
+# --------------------------------------------------------------------------- momentum storage (shared)
+
+def _add_repeated_(flat: Tensor, values: Tensor) -> Tensor:
+    """``flat`` (1-d) += ``values``, shaped like it (same number of entries) or a row repeated over it."""
+    if values.numel() == flat.numel():
+        return flat.add_(values.reshape(-1))
+    width = values.numel()
+    whole = flat.numel() // width * width
+    flat[:whole].view(-1, width).add_(values)
+    flat[whole:].add_(values[: flat.numel() - whole])
+    return flat
+
 
 def stochastic_round_to_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
     """Round float32 ``x`` to bfloat16, up with probability equal to the dropped fraction (unbiased).
@@ -44,26 +75,79 @@ def stochastic_round_to_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
     ``noise``: int32 in [0, 2**16), either shaped like ``x`` or a row that is repeated over ``x``'s entries
     (flattened). Adds it to the 16 low bits of x's bit pattern and truncates. ``x`` is overwritten.
     """
-    bits = x.view(torch.int32).view(-1)
-    if noise.numel() == bits.numel():
-        bits.add_(noise.reshape(-1))
-    else:
-        width = noise.numel()
-        whole = bits.numel() // width * width
-        bits[:whole].view(-1, width).add_(noise)
-        bits[whole:].add_(noise[: bits.numel() - whole])
+    bits = _add_repeated_(x.view(torch.int32).view(-1), noise)
     bits.bitwise_and_(-65536)  # -65536 == 0xFFFF0000 as int32: the bits bfloat16 keeps
     return x.to(torch.bfloat16)
 
 
-def _store_momentum_(m: Tensor, new_m: Tensor, noise: Tensor | None) -> None:
-    """Write the float32 ``new_m`` into the state ``m`` (float32: as is; bfloat16: stochastic rounding if ``noise``,
-    which overwrites ``new_m``)."""
-    if m.dtype == torch.float32 or noise is None:
-        m.copy_(new_m)  # (bfloat16 without noise: round to nearest, which stalls; kept only to show the problem)
-    else:
-        m.copy_(stochastic_round_to_bfloat16(new_m, noise))
+def _blocks(flat: Tensor, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """A flat tensor as [blocks, QUANT_BLOCK] (its whole blocks) and [1, rest] (a last, partial block), each with
+    its scales [blocks]."""
+    whole = flat.numel() // QUANT_BLOCK
+    parts = [(flat[: whole * QUANT_BLOCK].view(-1, QUANT_BLOCK), scale[:whole])]
+    if flat.numel() > whole * QUANT_BLOCK:
+        parts.append((flat[whole * QUANT_BLOCK:].view(1, -1), scale[whole: whole + 1]))
+    return parts
 
+
+def dequantize_int8(q: Tensor, scale: Tensor, out: Tensor | None = None) -> Tensor:
+    """The float32 momentum that int8 codes ``q`` and block scales ``scale`` hold: M = q·s (into ``out`` if given)."""
+    flat = q.reshape(-1)
+    if out is None:
+        out = torch.empty(flat.shape, dtype=torch.float32, device=q.device)
+    for (codes, s), (dest, _) in zip(_blocks(flat, scale), _blocks(out.view(-1), scale)):
+        torch.mul(codes, s.unsqueeze(1), out=dest)
+    return out.view(q.shape)
+
+
+def quantize_int8_(x: Tensor, q: Tensor, scale: Tensor, noise: Tensor | None, ok: Tensor | None = None) -> None:
+    """Store float32 ``x`` (overwritten) as int8 codes ``q`` and block scales ``scale`` (absmax / 127), in place.
+
+    ``noise``: int32 in [0, 2**16), shaped like ``x`` or a row repeated over it: q = floor(x / s + noise / 2**16),
+    which rounds up with probability equal to the fractional part (unbiased); ``None`` rounds to nearest. Where
+    the 0-dim bool ``ok`` is false (``x`` is then the stored M) the scales are kept and the codes rounded to
+    nearest: nothing changes.
+    """
+    flat = x.view(-1)
+    for values, s in _blocks(flat, scale):
+        low, high = torch.aminmax(values, dim=1)
+        absmax = torch.maximum(high, low.neg()) * (1.0 / 127.0)
+        s.copy_(absmax if ok is None else torch.where(ok, absmax, s))
+        values.mul_(torch.where(s > 0, s.reciprocal(), 0.0).unsqueeze(1))
+    if noise is None:
+        flat.add_(0.5)
+    else:
+        u = noise.to(torch.float32) * 2.0 ** -16
+        _add_repeated_(flat, u if ok is None else torch.where(ok, u, 0.5))
+    flat.floor_().clamp_(-127.0, 127.0)
+    q.view(-1).copy_(flat)
+
+
+def _momentum_as_float32(m: Tensor, scale: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """The momentum in float32 (a new tensor, or ``out``): a copy, or the int8 codes times their block scales."""
+    if scale is not None:
+        return dequantize_int8(m, scale, out)
+    return m.to(torch.float32) if out is None else out.copy_(m.reshape(out.shape))
+
+
+def _store_momentum_(m: Tensor, new_m: Tensor, noise: Tensor | None, scale: Tensor | None = None,
+                     ok: Tensor | None = None) -> None:
+    """Write the float32 ``new_m`` into the state ``m``: float32 as is; bfloat16 by stochastic rounding if ``noise``;
+    int8 (``scale`` given) block-wise with stochastic rounding. May overwrite ``new_m``."""
+    if scale is not None:
+        quantize_int8_(new_m, m, scale, noise, ok)
+    elif m.dtype == torch.float32 or noise is None:
+        m.copy_(new_m.reshape(m.shape))  # (bfloat16 without noise: round to nearest, which stalls; kept to show it)
+    else:
+        m.copy_(stochastic_round_to_bfloat16(new_m, noise).reshape(m.shape))
+
+
+def int8_scale_size(numel: int) -> int:
+    """Number of block scales of an int8 momentum of ``numel`` entries."""
+    return math.ceil(numel / QUANT_BLOCK)
+
+
+# --------------------------------------------------------------------------- per-tensor math (shared)
 
 def tbso_flip_threshold(threshold: Tensor | float, v_t: Tensor, eps: Tensor | float, outside: bool) -> Tensor:
     """The T-BSO flip threshold on W·M: γ·sqrt(v[t] + ε) (Eq. 14) or, ``outside``, γ·(sqrt(v[t]) + ε)."""
@@ -83,76 +167,90 @@ def _apply_flips_(w: Tensor, flip: Tensor, shape: torch.Size | None) -> None:
         w.bitwise_xor_(pack_bits(flip))
 
 
-def _update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, one_minus_beta: Tensor,
-                     limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None, last_flips: Tensor,
-                     nonfinite_steps: Tensor) -> None:
+def _update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None,
+                     one_minus_beta: Tensor, limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None,
+                     last_flips: Tensor, nonfinite_steps: Tensor) -> None:
     """Eq. 11/13 (momentum) then Eq. 12/14 (flip where W·M > limit), masked by the 0-dim bool ``ok``."""
-    m32 = m.to(torch.float32)
+    m32 = _momentum_as_float32(m, scale).view(g.shape)
     new_m = torch.where(ok, torch.lerp(m32, torch.nan_to_num(g, 0.0, 0.0, 0.0), one_minus_beta), m32)
     flip = (_signs(w, shape) * new_m > limit) & ok
     _apply_flips_(w, flip, shape)
     if reset:
         new_m = torch.where(flip, 0.0, new_m)
-    _store_momentum_(m, new_m, noise)
+    _store_momentum_(m, new_m, noise, scale, ok)
     last_flips.copy_(flip.sum())
     nonfinite_steps.add_((~ok).to(torch.int64))
 
 
-def _bso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, last_flips: Tensor,
+def _bso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None, last_flips: Tensor,
                 nonfinite_steps: Tensor, noise: Tensor | None, one_minus_beta: Tensor, threshold: Tensor,
                 reset: bool) -> None:
     """BSO on one tensor (Eq. 11–12)."""
     g = g.to(torch.float32)
     flat = g.reshape(-1)
     ok = torch.isfinite(torch.dot(flat, flat))  # false exactly when G holds NaN/Inf or ‖G‖² overflows
-    _update_and_flip(w, shape, g, m, one_minus_beta, threshold, ok, reset, noise, last_flips, nonfinite_steps)
+    _update_and_flip(w, shape, g, m, scale, one_minus_beta, threshold, ok, reset, noise, last_flips, nonfinite_steps)
 
 
-def _tbso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, v: Tensor, time_step: Tensor,
-                 last_flips: Tensor, nonfinite_steps: Tensor, noise: Tensor | None, one_minus_beta1: Tensor,
-                 beta2: Tensor, one_minus_beta2: Tensor, threshold: Tensor, eps: Tensor, outside: bool) -> None:
-    """T-BSO on one tensor (Eq. 13–14); ``time_step``: int64 [1] (a tensor, so t does not recompile)."""
-    g = g.to(torch.float32)
+def _tbso_limit(g: Tensor, v: Tensor, time_step: Tensor, beta2: Tensor, one_minus_beta2: Tensor,
+                threshold: Tensor, eps: Tensor, outside: bool) -> tuple[Tensor, Tensor]:
+    """Eq. 13's v[t] ← β2·v[t] + (1 − β2)·mean(G²) (in place, unless not finite) and Eq. 14's flip limit; (limit, ok)."""
     flat = g.reshape(-1)
     v_t = v.index_select(0, time_step).reshape(())
-    new_v_t = v_t * beta2 + torch.dot(flat, flat) * (one_minus_beta2 / flat.numel())  # Eq. 13, mean(G²)
+    new_v_t = v_t * beta2 + torch.dot(flat, flat) * (one_minus_beta2 / flat.numel())
     ok = torch.isfinite(new_v_t)  # false exactly when G holds NaN/Inf or ‖G‖² overflows
     v_t = torch.where(ok, new_v_t, v_t)
     v.index_copy_(0, time_step, v_t.reshape(1))
-    limit = tbso_flip_threshold(threshold, v_t, eps, outside)
-    _update_and_flip(w, shape, g, m, one_minus_beta1, limit, ok, False, noise, last_flips, nonfinite_steps)
+    return tbso_flip_threshold(threshold, v_t, eps, outside), ok
 
 
-def _bso_tensors(ws, shapes, gs, ms, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
-    for w, shape, g, m, f, s, n in zip(ws, shapes, gs, ms, flips, skips, noises):
-        _bso_tensor(w, shape, g, m, f, s, n, one_minus_beta, threshold, reset)
+def _tbso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None, v: Tensor,
+                 time_step: Tensor, last_flips: Tensor, nonfinite_steps: Tensor, noise: Tensor | None,
+                 one_minus_beta1: Tensor, beta2: Tensor, one_minus_beta2: Tensor, threshold: Tensor, eps: Tensor,
+                 outside: bool) -> None:
+    """T-BSO on one tensor (Eq. 13–14); ``time_step``: int64 [1] (a tensor, so t does not recompile)."""
+    g = g.to(torch.float32)
+    limit, ok = _tbso_limit(g, v, time_step, beta2, one_minus_beta2, threshold, eps, outside)
+    _update_and_flip(w, shape, g, m, scale, one_minus_beta1, limit, ok, False, noise, last_flips, nonfinite_steps)
 
 
-def _tbso_tensors(ws, shapes, gs, ms, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
+def _bso_tensors(ws, shapes, gs, ms, scales, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
+    for w, shape, g, m, sc, f, s, n in zip(ws, shapes, gs, ms, scales, flips, skips, noises):
+        _bso_tensor(w, shape, g, m, sc, f, s, n, one_minus_beta, threshold, reset)
+
+
+def _tbso_tensors(ws, shapes, gs, ms, scales, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
                   one_minus_beta2, threshold, eps, outside) -> None:
-    for w, shape, g, m, v, f, s, n in zip(ws, shapes, gs, ms, vs, flips, skips, noises):
-        _tbso_tensor(w, shape, g, m, v, time_step, f, s, n, one_minus_beta1, beta2, one_minus_beta2, threshold,
+    for w, shape, g, m, sc, v, f, s, n in zip(ws, shapes, gs, ms, scales, vs, flips, skips, noises):
+        _tbso_tensor(w, shape, g, m, sc, v, time_step, f, s, n, one_minus_beta1, beta2, one_minus_beta2, threshold,
                      eps, outside)
 
 
 # --------------------------------------------------------------------------- eager implementation
 #
-# The same math as above with every temporary written into one reused float32 buffer (``out=``), so a step
-# allocates nothing tensor-sized: fresh allocations cost page faults that dominate on CPU.
+# The same math as :func:`_update_and_flip`, chunk by chunk, with every temporary written into small reused
+# buffers (``out=``), so a step allocates nothing tensor-sized and the buffers do not grow with the layers.
 
 _MAGIC_PACK = sum(1 << (63 - 9 * k) for k in range(8)) - (1 << 64)  # 8 bytes of 0/1 -> one MSB-first byte
 _workspaces: dict[torch.device, dict[str, Tensor]] = {}
+_WORKSPACE_DTYPES = {"f32": torch.float32, "m32": torch.float32, "u8": torch.uint8, "i32": torch.int32}
 
 
-def _workspace(device: torch.device, numel: int) -> dict[str, Tensor]:
-    """Reused buffers for tensors of up to ``numel`` entries: ``f32`` [numel] and ``u8`` [ceil8(numel)]."""
-    ws = _workspaces.get(device)
-    if ws is None or ws["f32"].numel() < numel:
-        padded = (numel + 7) // 8 * 8
-        ws = _workspaces[device] = {"f32": torch.empty(numel, dtype=torch.float32, device=device),
-                                    "m32": torch.empty(numel, dtype=torch.float32, device=device),
-                                    "u8": torch.zeros(padded, dtype=torch.uint8, device=device)}
+def _workspace(device: torch.device, numel: int, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """Reused buffers for chunks of up to ``numel`` entries (``i32``: one per 8 entries), grown on demand."""
+    ws = _workspaces.setdefault(device, {})
+    padded = (numel + 7) // 8 * 8
+    for name in names:
+        size = padded // 8 if name == "i32" else padded
+        if name not in ws or ws[name].numel() < size:
+            ws[name] = torch.zeros(size, dtype=_WORKSPACE_DTYPES[name], device=device)
     return ws
+
+
+def workspace_bytes(device: torch.device | str | None = None) -> int:
+    """Bytes the eager step's reused buffers hold now (on ``device``, or on every device); they persist between steps."""
+    devices = _workspaces.values() if device is None else [_workspaces.get(torch.device(device), {})]
+    return sum(t.numel() * t.element_size() for ws in devices for t in ws.values())
 
 
 def _eager_pack_(bytes01: Tensor) -> Tensor:
@@ -161,68 +259,72 @@ def _eager_pack_(bytes01: Tensor) -> Tensor:
     return (torch.bitwise_right_shift(words * _MAGIC_PACK, 56) & 255).to(torch.uint8)
 
 
-def _eager_update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, one_minus_beta: Tensor,
-                           limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None, last_flips: Tensor,
-                           nonfinite_steps: Tensor) -> None:
-    """:func:`_update_and_flip` written into reused buffers (same results)."""
+def _eager_update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None,
+                           one_minus_beta: Tensor, limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None,
+                           last_flips: Tensor, nonfinite_steps: Tensor) -> None:
+    """:func:`_update_and_flip` chunk by chunk into reused buffers (same results)."""
+    if shape is None and not (w.is_contiguous() and g.is_contiguous()):  # e.g. channels_last: work on copies
+        dense = w.contiguous()
+        _eager_update_and_flip(dense, None, g.contiguous(), m, scale, one_minus_beta, limit, ok, reset, noise,
+                               last_flips, nonfinite_steps)
+        w.copy_(dense)
+        return
     n = g.numel()
-    ws = _workspace(g.device, n)
-    s = ws["f32"][:n].view(g.shape)
-    torch.nan_to_num(g, 0.0, 0.0, 0.0, out=s)
+    chunk = min(n, EAGER_CHUNK or n)
+    names = ("f32",) + (("m32",) if m.dtype != torch.float32 else ()) + (("u8", "i32") if shape is not None else ())
+    ws = _workspace(g.device, chunk, names)
     weight = ok.to(torch.float32) * one_minus_beta
-    if m.dtype == torch.float32:
-        m.lerp_(s, weight)  # Eq. 11 / 13
-        new_m = m
-    else:
-        new_m = ws["m32"][:n].view(g.shape).copy_(m).lerp_(s, weight)
     limit_if_ok = torch.where(ok, limit, torch.inf)
-    if shape is None:
-        torch.mul(w, new_m, out=s)
-        torch.gt(s, limit_if_ok, out=s)  # 1.0 where W·M > limit (Eq. 12 / 14)
-        w.addcmul_(w, s, value=-2.0)  # W <- -W there (never sign(0))
-    else:
-        signs = ws["f32"][:n]
-        if n % 8 == 0:
-            torch.index_select(_sign_table(w.device, torch.float32), 0, w.to(torch.int32), out=signs.view(-1, 8))
+    flat_w, flat_g, flat_m = w.view(-1), g.reshape(-1), m.view(-1)
+    last_flips.zero_()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        k = stop - start
+        s = torch.nan_to_num(flat_g[start:stop], 0.0, 0.0, 0.0, out=ws["f32"][:k])
+        if m.dtype == torch.float32:
+            new_m = flat_m[start:stop].lerp_(s, weight)  # Eq. 11 / 13, in place
         else:
-            signs.copy_(unpack_signs(w, (n,), torch.float32))
-        torch.mul(signs, new_m.reshape(-1), out=signs)
-        torch.gt(signs, limit_if_ok, out=signs)  # 1.0 where W·M > limit (Eq. 12 / 14)
-        u8 = ws["u8"]
-        padded = (n + 7) // 8 * 8
-        u8[:n].copy_(signs)
-        u8[n:padded].zero_()
-        w.bitwise_xor_(_eager_pack_(u8[:padded]))  # W <- -W there: one XOR per 8 weights
-        s = signs.view(g.shape)
-    flips = s.sum(dtype=torch.float64 if n >= 2**24 else torch.float32)
-    if reset:
-        new_m.addcmul_(new_m, s, value=-1.0)  # M <- 0 where flipped
-    if new_m is not m:
-        _store_momentum_(m, new_m, noise)
-    last_flips.copy_(flips)
+            chunk_scale = None if scale is None else scale[start // QUANT_BLOCK: -(-stop // QUANT_BLOCK)]
+            new_m = _momentum_as_float32(flat_m[start:stop], chunk_scale, out=ws["m32"][:k]).lerp_(s, weight)
+        if shape is None:
+            w_chunk = flat_w[start:stop]
+            torch.mul(w_chunk, new_m, out=s)
+            flip = torch.gt(s, limit_if_ok, out=s)  # 1.0 where W·M > limit (Eq. 12 / 14)
+            w_chunk.addcmul_(w_chunk, flip, value=-2.0)  # W <- -W there (never sign(0))
+        else:
+            padded = (k + 7) // 8 * 8
+            bits = flat_w[start // 8: (start + padded) // 8]
+            index = ws["i32"][: padded // 8].copy_(bits)
+            signs = ws["f32"][:padded]
+            torch.index_select(_sign_table(w.device, torch.float32), 0, index, out=signs.view(-1, 8))
+            flip = torch.mul(signs[:k], new_m, out=signs[:k])
+            torch.gt(flip, limit_if_ok, out=flip)  # 1.0 where W·M > limit (Eq. 12 / 14)
+            mask = ws["u8"][:padded]
+            mask[:k].copy_(flip)
+            mask[k:].zero_()
+            bits.bitwise_xor_(_eager_pack_(mask))  # W <- -W there: one XOR per 8 weights
+        last_flips.add_(torch.count_nonzero(flip))
+        if reset:
+            new_m.addcmul_(new_m, flip, value=-1.0)  # M <- 0 where flipped
+        if m.dtype != torch.float32:
+            _store_momentum_(flat_m[start:stop], new_m, noise, chunk_scale, ok)
     nonfinite_steps.add_((~ok).to(torch.int64))
 
 
-def _eager_bso_tensors(ws, shapes, gs, ms, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
-    for w, shape, g, m, f, sk, noise in zip(ws, shapes, gs, ms, flips, skips, noises):
+def _eager_bso_tensors(ws, shapes, gs, ms, scales, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
+    for w, shape, g, m, sc, f, sk, noise in zip(ws, shapes, gs, ms, scales, flips, skips, noises):
         g = g.to(torch.float32)
         flat = g.reshape(-1)
         ok = torch.isfinite(torch.dot(flat, flat))
-        _eager_update_and_flip(w, shape, g, m, one_minus_beta, threshold, ok, reset, noise, f, sk)
+        _eager_update_and_flip(w, shape, g, m, sc, one_minus_beta, threshold, ok, reset, noise, f, sk)
 
 
-def _eager_tbso_tensors(ws, shapes, gs, ms, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
+def _eager_tbso_tensors(ws, shapes, gs, ms, scales, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
                         one_minus_beta2, threshold, eps, outside) -> None:
-    t = int(time_step)  # (a host int here: the eager path never syncs on it)
-    for w, shape, g, m, v, f, sk, noise in zip(ws, shapes, gs, ms, vs, flips, skips, noises):
+    for w, shape, g, m, sc, v, f, sk, noise in zip(ws, shapes, gs, ms, scales, vs, flips, skips, noises):
         g = g.to(torch.float32)
-        flat = g.reshape(-1)
-        v_t = v[t]
-        new_v_t = v_t * beta2 + torch.dot(flat, flat) * (one_minus_beta2 / flat.numel())
-        ok = torch.isfinite(new_v_t)
-        v_t.copy_(torch.where(ok, new_v_t, v_t))
-        limit = tbso_flip_threshold(threshold, v_t, eps, outside)
-        _eager_update_and_flip(w, shape, g, m, one_minus_beta1, limit, ok, False, noise, f, sk)
+        limit, ok = _tbso_limit(g, v, time_step, beta2, one_minus_beta2, threshold, eps, outside)
+        _eager_update_and_flip(w, shape, g, m, sc, one_minus_beta1, limit, ok, False, noise, f, sk)
 
 
 # --------------------------------------------------------------------------- compiled implementation
@@ -266,6 +368,25 @@ def _noises_for(noises: list[Tensor | None], grads: Sequence[Tensor], fused: boo
             for n, g in zip(noises, grads)]
 
 
+def _per_tensor(values: Sequence[Tensor | None] | None, count: int, name: str) -> list[Tensor | None]:
+    """An optional per-tensor list (None: None for every tensor), checked for its length."""
+    if values is None:
+        return [None] * count
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries for {count} weights")
+    return list(values)
+
+
+def _check_int8(momenta: Sequence[Tensor], scales: list[Tensor | None]) -> None:
+    for index, (m, scale) in enumerate(zip(momenta, scales)):
+        if (m.dtype == torch.int8) != (scale is not None):
+            raise ValueError(f"momentum {index} ({m.dtype}): an int8 momentum needs its block scales "
+                             "(momentum_scales) and only an int8 momentum has them")
+        if scale is not None and scale.numel() != int8_scale_size(m.numel()):
+            raise ValueError(f"momentum_scales[{index}] has {scale.numel()} entries; {m.numel()} int8 entries "
+                             f"need {int8_scale_size(m.numel())} (blocks of {QUANT_BLOCK})")
+
+
 def _scalar(value: float, device: torch.device) -> Tensor:
     # torch.full, not torch.tensor: on CUDA a tensor built from Python data is a blocking copy (a host sync)
     return torch.full((), value, dtype=torch.float32, device=device)
@@ -273,33 +394,42 @@ def _scalar(value: float, device: torch.device) -> Tensor:
 
 def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], last_flips: Sequence[Tensor],
         nonfinite_steps: Sequence[Tensor], *, beta: float, threshold: float, reset_momentum_on_flip: bool = False,
-        rounding_noise: Sequence[Tensor | None] | None = None, fused: bool = False) -> None:
-    """BSO (Eq. 11–12) on tensors of one device; updates weights and state in place."""
+        rounding_noise: Sequence[Tensor | None] | None = None,
+        momentum_scales: Sequence[Tensor | None] | None = None, fused: bool = False) -> None:
+    """BSO (Eq. 11–12) on tensors of one device; updates weights and state in place.
+
+    ``momentum_scales``: per tensor, the float32 block scales of an int8 momentum (None for the others)."""
     if not weights:
         return
     device = grads[0].device
     data, shapes = _storage(weights)
-    noises = _noises_for(list(rounding_noise) if rounding_noise is not None else [None] * len(data), grads, fused)
+    scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
+    _check_int8(momenta, scales)
+    noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
     impl = _compiled_fn("bso") if fused else _eager_bso_tensors
-    impl(data, shapes, list(grads), list(momenta), list(last_flips), list(nonfinite_steps), noises,
+    impl(data, shapes, list(grads), list(momenta), scales, list(last_flips), list(nonfinite_steps), noises,
          _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
 
 
 def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], vs: Sequence[Tensor],
          last_flips: Sequence[Tensor], nonfinite_steps: Sequence[Tensor], *, time_step: int,
          betas: tuple[float, float], threshold: float, eps: float, eps_placement: str = "inside",
-         rounding_noise: Sequence[Tensor | None] | None = None, fused: bool = False) -> None:
-    """T-BSO (Eq. 13–14) for time step ``time_step`` on tensors of one device; ``vs`` hold ≥ t + 1 entries."""
+         rounding_noise: Sequence[Tensor | None] | None = None,
+         momentum_scales: Sequence[Tensor | None] | None = None, fused: bool = False) -> None:
+    """T-BSO (Eq. 13–14) for time step ``time_step`` on tensors of one device; ``vs`` hold ≥ t + 1 entries.
+
+    ``momentum_scales``: as in :func:`bso`."""
     if not weights:
         return
     if eps_placement not in EPS_PLACEMENTS:
         raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
     device = grads[0].device
     data, shapes = _storage(weights)
-    noises = _noises_for(list(rounding_noise) if rounding_noise is not None else [None] * len(data), grads, fused)
+    scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
+    _check_int8(momenta, scales)
+    noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
     impl = _compiled_fn("tbso") if fused else _eager_tbso_tensors
-    impl(data, shapes, list(grads), list(momenta), list(vs),
-         torch.full((1,), time_step, dtype=torch.int64, device=device) if fused else time_step,
+    impl(data, shapes, list(grads), list(momenta), scales, list(vs), torch.full((1,), time_step, dtype=torch.int64, device=device),
          list(last_flips), list(nonfinite_steps), noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device),
          _scalar(1.0 - betas[1], device), _scalar(threshold, device), _scalar(eps, device),
          eps_placement == "outside")

@@ -80,7 +80,8 @@ class TBSO(BinaryOptimizer):
                         [self._v_with_length(s, time_step + 1) for s in states], [s["last_flips"] for s in states],
                         [s["nonfinite_steps"] for s in states], time_step=time_step, betas=group["betas"],
                         threshold=group["threshold"], eps=group["eps"], eps_placement=group["eps_placement"],
-                        rounding_noise=noises, fused=fused)
+                        rounding_noise=noises, momentum_scales=[s.get("momentum_scale") for s in states],
+                        fused=fused)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, time_step: int = 0) -> Any:

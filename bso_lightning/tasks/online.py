@@ -131,7 +131,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         reset_momentum_on_flip: bool = False,
         fused_optimizer: Optional[bool] = None,
         weight_storage: Literal["dense", "packed"] = "packed",
-        momentum_dtype: Literal["float32", "bfloat16"] = "float32",
+        momentum_dtype: Literal["float32", "bfloat16", "int8"] = "float32",
         step_in_backward: bool = True,
         saved_activation_dtype: Literal["float32", "bfloat16"] = "float32",
         schedule: Literal["constant", "step", "inv_sqrt", "run_step", "run_exp", "run_inv_sqrt"] = "run_exp",

@@ -114,8 +114,9 @@ def test_checkpoints_are_shared_by_both_paths():
         _assert_same_run(eager, fused, p_eager, p_fused)
 
 
+@pytest.mark.parametrize("momentum_dtype", ["float32", "int8"])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_fused_updates_trace_to_one_graph_without_breaks(packed):
+def test_fused_updates_trace_to_one_graph_without_breaks(packed, momentum_dtype):
     import torch._dynamo
 
     from bso_lightning.nn.packed import PackedBinaryParameter
@@ -123,22 +124,26 @@ def test_fused_updates_trace_to_one_graph_without_breaks(packed):
 
     params = _params()
     grads = [torch.randn_like(p) for p in params]
-    momenta = [torch.zeros_like(p) for p in params]
+    if momentum_dtype == "int8":  # codes, block scales and full-size rounding noise
+        momenta = [torch.zeros(p.shape, dtype=torch.int8) for p in params]
+        scales = [torch.zeros(functional.int8_scale_size(p.numel())) for p in params]
+        noises = [torch.randint(0, 1 << 16, (p.numel(),), dtype=torch.int32) for p in params]
+    else:
+        momenta, scales, noises = [torch.zeros_like(p) for p in params], [None] * len(params), [None] * len(params)
     if packed:
         packed_params = [PackedBinaryParameter.from_signs(p) for p in params]
         data, shapes = [p.data for p in packed_params], [p.logical_shape for p in packed_params]
     else:
         data, shapes = params, [None] * len(params)
     counters = [[torch.zeros((), dtype=torch.int64) for _ in params] for _ in range(2)]
-    noises = [None] * len(params)
     scalar = torch.tensor(0.1)
     with torch.no_grad():
-        bso = torch._dynamo.explain(functional._bso_tensors)(data, shapes, grads, momenta, *counters, noises,
-                                                             scalar, scalar, True)
+        bso = torch._dynamo.explain(functional._bso_tensors)(data, shapes, grads, momenta, scales, *counters,
+                                                             noises, scalar, scalar, True)
         vs = [torch.zeros(3) for _ in params]
-        tbso = torch._dynamo.explain(functional._tbso_tensors)(data, shapes, grads, momenta, vs, torch.tensor([1]),
-                                                               *counters, noises, scalar, scalar, scalar, scalar,
-                                                               scalar, False)
+        tbso = torch._dynamo.explain(functional._tbso_tensors)(data, shapes, grads, momenta, scales, vs,
+                                                               torch.tensor([1]), *counters, noises, scalar, scalar,
+                                                               scalar, scalar, scalar, False)
     for explanation in (bso, tbso):
         assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
 

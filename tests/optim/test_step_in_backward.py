@@ -63,3 +63,31 @@ def test_switching_it_off_removes_the_hooks():
     assert not opt.steps_in_backward
     (w * torch.ones(3, 2)).sum().backward()
     assert w.grad is not None  # no hook stepped (and freed) it
+
+
+@pytest.mark.parametrize("storage", ["dense", "packed"])
+def test_the_context_manager_steps_inside_one_backward_without_a_step_call(storage):
+    gen = torch.Generator().manual_seed(2)
+    data = [(torch.rand(8, 1, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(4)]
+    ref_flips, ref_weights = _run(TBSO, "dense", False, data)
+    torch.manual_seed(0)
+    model = set_weight_storage_(build_model("small_cnn", num_classes=10, in_channels=1, width=8), storage)
+    split = split_parameters(model)
+    opt, sgd = TBSO(split.binary, threshold=1e-7), torch.optim.SGD(split.full_precision, lr=0.05)
+    flips = []
+    for x, y in data:
+        functional.reset_net(model)
+        for t in range(2):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            with opt.stepping_in_backward(time_step=t):
+                loss.backward()
+            assert all(binary_grad(p) is None for p in split.binary) and not opt.steps_in_backward
+            sgd.step()
+            sgd.zero_grad()
+            flips.append(opt.flip_counts().clone())
+    assert torch.equal(torch.stack(flips), ref_flips)
+    weights = [p.signs() if storage == "packed" else p.detach().clone() for p in split.binary]
+    assert all(torch.equal(a, b) for a, b in zip(ref_weights, weights))
+    with pytest.raises(ValueError, match="time_step must be an int >= 0"):
+        with opt.stepping_in_backward(time_step=-1):
+            pass
