@@ -89,6 +89,7 @@ class BSOLightningCLI(LightningCLI):
                 return
             saved = read_checkpoint(path).get("hyper_parameters")
             if isinstance(saved, Mapping):
+                check_saved_class_path(saved, path)
                 defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
                 check_explicit_model_arguments(config["model"], saved, path, defaults)
         super()._parse_ckpt_path()
@@ -109,6 +110,23 @@ def _class_defaults(class_path: str) -> dict[str, Any]:
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+
+
+def check_saved_class_path(saved: Mapping[str, Any], path: Any) -> None:
+    """Refuse a checkpoint whose ``_class_path`` (the model class LightningCLI rebuilds) is not a LightningModule
+    already loaded in this process — without importing anything: resolving the name would import its module,
+    which runs that module's code (the file picks what to import)."""
+    import lightning as L
+
+    class_path = saved.get("_class_path")
+    if class_path is None:
+        return
+    module, _, name = class_path.rpartition(".") if isinstance(class_path, str) else ("", "", "")
+    found = getattr(sys.modules.get(module), name, None) if module else None
+    if not (isinstance(found, type) and issubclass(found, L.LightningModule)):
+        raise CheckpointError(path, f"its hyper-parameters name the model class {class_path!r}, which is not a "
+                                    "LightningModule loaded in this process; nothing was imported. If you trust the "
+                                    "file and its class, name the class yourself (--model <class_path>).")
 
 
 def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], path: Any,

@@ -25,6 +25,7 @@ not fit their hyper-parameters or are not ±1. See docs/reliability.md.
 from __future__ import annotations
 
 import os
+import pickletools
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -195,10 +196,29 @@ TRUST_HINT = (
 )
 
 
+#: What ``torch.load(weights_only=True)`` says when it refuses an object the file names (torch 2.11 wording).
+_REFUSED_OBJECT = re.compile(r"Unsupported global: (?:GLOBAL )?[^\s,]+|unsupported GLOBAL [^\s,]+|"
+                             r"Can only (?:create new object|build)[^\n]*?but got [^\n]+|"
+                             r"Trying to call reduce for unrecognized function [^\s,]+")
+_PICKLE_OPCODES = {op.code for op in pickletools.opcodes}
+
+
+def _refused_object(error: BaseException) -> Optional[str]:
+    """What ``torch.load(weights_only=True)`` refused to build (a global, a pickle instruction), or ``None`` when the
+    file is simply damaged (random bytes give "Unsupported operand" with a byte that is no pickle instruction)."""
+    text = str(error)
+    refused = _REFUSED_OBJECT.search(text)
+    if refused:
+        return refused.group(0).strip()
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    if operand and int(operand.group(1)) < 256 and chr(int(operand.group(1))) in _PICKLE_OPCODES:
+        return f"the pickle instruction {chr(int(operand.group(1)))!r}, which only a full unpickle executes"
+    return None
+
+
 def _is_refused_unpickle(error: BaseException) -> bool:
     """True if ``torch.load(weights_only=True)`` refused an object (as opposed to a damaged file)."""
-    text = str(error)
-    return "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text
+    return _refused_object(error) is not None
 
 
 def read_checkpoint(path: Any) -> dict[str, Any]:
@@ -216,13 +236,13 @@ def read_checkpoint(path: Any) -> dict[str, Any]:
     except Exception as mmap_error:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped
         if _is_refused_unpickle(mmap_error):
             raise CheckpointError(path, f"holds objects that are not tensors or plain values "
-                                        f"({_first_line(mmap_error)}). {TRUST_HINT}.") from None
+                                        f"(refused: {_refused_object(mmap_error)}). {TRUST_HINT}.") from None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - reported with the file's path
             if _is_refused_unpickle(error):
                 raise CheckpointError(path, f"holds objects that are not tensors or plain values "
-                                            f"({_first_line(error)}). {TRUST_HINT}.") from None
+                                            f"(refused: {_refused_object(error)}). {TRUST_HINT}.") from None
             raise CheckpointError(
                 path,
                 f"cannot be read ({type(error).__name__}: {_first_line(error)}); it is truncated or corrupt (e.g. the "
@@ -234,12 +254,14 @@ def read_checkpoint(path: Any) -> dict[str, Any]:
 
 
 def _first_line(error: BaseException) -> str:
-    """The line that matters of a torch.load error (for a refused object: which one, without torch's advice to
-    allowlist it, which is wrong for a file one does not trust)."""
-    refused = re.search(r"Unsupported (?:global|operand): (?:GLOBAL )?[^\s,]+", str(error))
-    if refused:
-        return refused.group(0)
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """The line that matters of a torch.load error: its cause, without torch's advice to load the file with
+    ``weights_only=False`` or to allowlist a global (wrong for a file one does not trust)."""
+    text = str(error)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return detail.group(1).strip()
+    advice = ("weights_only", "Weights only load failed", "trusted source", "arbitrary code")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not any(a in line for a in advice)]
     return lines[0] if lines else type(error).__name__
 
 

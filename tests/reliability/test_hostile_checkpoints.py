@@ -43,7 +43,7 @@ def hostile(tiny_checkpoint, tmp_path) -> tuple[Path, Path]:
 
 def test_the_checkpoint_check_does_not_run_it(hostile):
     path, marker = hostile
-    with pytest.raises(CheckpointError, match=r"holds objects that are not tensors or plain values \(Unsupported global: GLOBAL io\.open\)"
+    with pytest.raises(CheckpointError, match=r"holds objects that are not tensors or plain values \(refused: Unsupported global: GLOBAL io\.open\)"
                                               r".*--weights_only false") as info:
         check_checkpoint(path)
     assert str(path) in str(info.value)
@@ -103,3 +103,31 @@ def test_cli_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["hyper_parameters"]["arch_kwargs"] == {"width": 8}
     check_checkpoint(path)
+
+
+def test_a_class_path_in_the_hyper_parameters_is_refused_before_anything_is_imported(tiny_checkpoint, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """(``import this`` prints the Zen of Python: a module's import runs its code.)"""
+    import sys
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["_class_path"] = "this.Nothing"
+    path = tmp_path / "class_path.ckpt"
+    torch.save(checkpoint, path)
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"name the model class .this.Nothing., which is not a LightningModule "
+                                              r"loaded in this process; nothing was imported"):
+        build_cli(["fit", *TINY, "--ckpt_path", str(path)])
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+
+
+def test_random_bytes_are_called_damaged_not_hostile(tmp_path):
+    """Random bytes are no pickle: reported as truncated/corrupt, without torch's advice to unpickle it fully."""
+    import numpy as np
+
+    path = tmp_path / "random.ckpt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError, match=r"cannot be read \(UnpicklingError: .*\); it is truncated or corrupt") as info:
+        check_checkpoint(path)
+    assert "weights_only=False" not in str(info.value) and "not tensors" not in str(info.value)
