@@ -16,6 +16,8 @@ backprop through time), so no graph of step t−1 outlives step t.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Literal, Optional
 
 import torch
@@ -40,6 +42,10 @@ def ndot_decay(v_post: Tensor, v_post_prev: Tensor, decay: float, eps: float = N
     return torch.where(valid, ratio.clamp(-decay, decay), torch.full_like(ratio, decay))
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 class OnlineLIFNode(LIFNode):
     """Single-step LIF neuron for online training; returns :class:`SpikeTrace` in training mode.
 
@@ -53,10 +59,12 @@ class OnlineLIFNode(LIFNode):
 
     def __init__(self, decay: float = 0.5, v_threshold: float = 1.0, trace: TraceMode = "ottt",
                  surrogate_alpha: float = 4.0) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay (λ) must lie in (0, 1), got {decay}")
-        if not v_threshold > 0.0:
-            raise ValueError(f"v_threshold must be > 0, got {v_threshold}")
+        if not _is_number(decay) or not 0.0 < decay < 1.0:
+            raise ValueError(f"decay (λ) must lie in (0, 1), got {decay!r}")
+        if not _is_number(v_threshold) or not 0.0 < v_threshold < math.inf:  # inf: nothing would ever spike
+            raise ValueError(f"v_threshold must be a finite number > 0, got {v_threshold!r}")
+        if not _is_number(surrogate_alpha) or not 0.0 < surrogate_alpha < math.inf:
+            raise ValueError(f"surrogate_alpha must be a finite number > 0, got {surrogate_alpha!r}")
         if trace not in TRACE_MODES:
             raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
         super().__init__(

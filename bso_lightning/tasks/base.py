@@ -19,6 +19,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
+from bso_lightning.optim.checks import check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.faults import EvaluationInputs, check_compatible, check_state_dict_fits
 from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor
@@ -58,14 +59,20 @@ class TimeSteppedClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- construction
     def _check_shared_hyperparameters(self) -> None:
-        """Check time_steps, mse_weight, lr, momentum, weight_decay and bn_recalibration_batches."""
+        """Check time_steps, mse_weight, lr, momentum, weight_decay (latent_lr), cosine_epochs and
+        bn_recalibration_batches (the neuron's decay and v_threshold are checked where the model is built)."""
         hp = self.hparams
         if not isinstance(hp.time_steps, int) or hp.time_steps < 1:
             raise ValueError(f"time_steps must be an integer >= 1, got {hp.time_steps!r}")
         if not 0.0 <= hp.mse_weight <= 1.0:
             raise ValueError(f"mse_weight must lie in [0, 1], got {hp.mse_weight}")
-        if hp.lr < 0 or hp.momentum < 0 or hp.weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {hp.lr}, {hp.momentum}, {hp.weight_decay}")
+        for name in ("lr", "momentum", "weight_decay", "latent_lr"):  # NaN/Inf refused here, not after a step
+            if name in hp:
+                check_threshold(hp[name], name)  # "<name> must be a finite number >= 0, got nan"
+        cosine_epochs = hp.get("cosine_epochs")
+        if cosine_epochs is not None and (not isinstance(cosine_epochs, int) or isinstance(cosine_epochs, bool)
+                                          or cosine_epochs < 1):
+            raise ValueError(f"cosine_epochs must be an integer >= 1 (or None: trainer.max_epochs), got {cosine_epochs!r}")
         if hp.bn_recalibration_batches < 0:
             raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
 

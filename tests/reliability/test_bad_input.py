@@ -67,6 +67,44 @@ def test_invalid_hyper_parameter_in_yaml_even_if_the_optimizer_ignores_it(workdi
     _fails(workdir, ["--config", str(config)], ValueError, "beta must be in [0, 1), got 1.5")
 
 
+@pytest.mark.parametrize("key, value, culprit", [
+    ("v_threshold", ".inf", "v_threshold must be a finite number > 0, got inf"),  # nothing would ever spike
+    ("v_threshold", ".nan", "v_threshold must be a finite number > 0, got nan"),
+    ("decay", "1.0", "decay (λ) must lie in (0, 1), got 1.0"),
+    ("lr", ".nan", "lr must be a finite number >= 0, got nan"),
+    ("lr", ".inf", "lr must be a finite number >= 0, got inf"),
+    ("momentum", ".nan", "momentum must be a finite number >= 0, got nan"),
+    ("weight_decay", "-.inf", "weight_decay must be a finite number >= 0, got -inf"),
+    ("cosine_epochs", "-5", "cosine_epochs must be an integer >= 1 (or None: trainer.max_epochs), got -5"),
+    ("schedule_scale", ".inf", "scale must be a finite number > 0, got inf"),
+])
+def test_non_finite_or_out_of_range_float_in_yaml_is_refused_at_construction(workdir, key, value, culprit):
+    """(issue 19) YAML's ``.inf``/``.nan`` reach the constructor as floats; refused there, one line naming them."""
+    config = workdir / "bad.yaml"
+    schedule = "    schedule: inv_sqrt\n" if key == "schedule_scale" else ""
+    config.write_text(f"model:\n  class_path: bso_lightning.tasks.OnlineClassifier\n  init_args:\n{schedule}"
+                      f"    {key}: {value}\n")
+    _fails(workdir, ["--config", str(config)], ValueError, culprit)
+
+
+@pytest.mark.parametrize("cls", ["OTTTClassifier", "BPTTLatentClassifier"])
+@pytest.mark.parametrize("kwargs, culprit", [({"v_threshold": float("inf")}, "v_threshold must be a finite"),
+                                             ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
+                                             ({"cosine_epochs": 0}, "cosine_epochs must be an integer >= 1")])
+def test_the_baselines_refuse_them_too(cls, kwargs, culprit):
+    import bso_lightning.tasks as tasks
+
+    with pytest.raises(ValueError, match=culprit.replace("(", r"\(")):
+        getattr(tasks, cls)(arch_kwargs={"width": 8}, **kwargs)
+
+
+def test_latent_lr_of_the_bptt_baseline_must_be_finite():
+    from bso_lightning.tasks import BPTTLatentClassifier
+
+    with pytest.raises(ValueError, match="latent_lr must be a finite number >= 0, got inf"):
+        BPTTLatentClassifier(arch_kwargs={"width": 8}, latent_lr=float("inf"))
+
+
 @pytest.mark.parametrize("key, value", [("optimizer", "adam"), ("nonfinite", "ignore")])
 def test_unknown_choice_is_a_parser_error_naming_the_key(workdir, capsys, key, value):
     _fails(workdir, [f"--model.init_args.{key}", value], SystemExit, f'Parser key "{key}"', value, capsys=capsys)
