@@ -19,13 +19,15 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.callbacks.flip_rate import FlipRateCallback
+from bso_lightning.checkpoint_io import AtomicCheckpointIO
 from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, read_checkpoint
 from datamodules.base import DataFileError
 
 log = logging.getLogger(__name__)
 
-#: Errors ``main`` reports as one line (the full traceback with ``BSO_DEBUG=1``): bad arguments, files and data.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, DataFileError, MisconfigurationException)
+#: Errors ``main`` reports as one line (the full traceback with ``BSO_DEBUG=1``): bad arguments, files and data,
+#: and the environment's (``OSError``: a full disk, a folder that cannot be written, no network).
+USER_ERRORS = (ValueError, OSError, FloatingPointError, DataFileError, MisconfigurationException)
 #: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's).
 RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer")
 
@@ -184,7 +186,8 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
     return BSOLightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults={**QUICKSTART_TRAINER, "callbacks": [CheckpointOnInterrupt()]},
+        trainer_defaults={**QUICKSTART_TRAINER, "callbacks": [CheckpointOnInterrupt()],
+                          "plugins": [AtomicCheckpointIO()]},  # a full disk leaves no truncated checkpoint
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
@@ -194,14 +197,18 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost :data:`USER_ERRORS` exception in ``error``'s chain (jsonargparse wraps the real one)."""
-    found, seen = error, set()
+    """The exception of ``error``'s chain to report (jsonargparse wraps the real one): the innermost one raised by
+    this library (it names the file or argument: a ``DataFileError`` over the ``ValueError`` it was raised from),
+    else the innermost :data:`USER_ERRORS` one."""
+    found, ours, seen = error, None, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, USER_ERRORS):
             found = error
+            if type(error).__module__.split(".")[0] in ("bso_lightning", "datamodules"):
+                ours = error
         error = error.__cause__ or error.__context__
-    return found
+    return ours if ours is not None else found
 
 
 def main(args: Optional[list[str]] = None) -> None:

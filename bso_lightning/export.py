@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bso_lightning.atomic import atomic_file
+from bso_lightning.atomic import atomic_file, refuse_overwriting
 from bso_lightning.models import ARCHITECTURES, ModelSpec, build_model, model_size_bytes
 from bso_lightning.nn.packed import binary_shape, is_packed
 from bso_lightning.nn.routing import split_parameters
@@ -436,6 +436,7 @@ def load_packed(path: PathLike, map_location: Union[str, torch.device] = "cpu") 
 def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
     """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size."""
     checkpoint = Path(checkpoint)
+    refuse_overwriting(checkpoint, out)
     ckpt = read_checkpoint(checkpoint)  # weights_only=True: CheckpointError (a ValueError) naming the file
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
@@ -461,7 +462,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         size = export_checkpoint(args.checkpoint, args.out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # (OSError: a full disk, a folder that cannot be written)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     model = load_packed(args.out)

@@ -26,7 +26,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         size = export_checkpoint_nir(args.checkpoint, args.out, args.input_shape, dt=args.dt, batchnorm=args.batchnorm)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # (OSError: a full disk, a folder that cannot be written)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     graph = read_nir(args.out)

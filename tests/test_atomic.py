@@ -51,3 +51,31 @@ def test_file_replaces_only_on_success(tmp_path):
     with atomic_file(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_file_gets_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_leaves_the_previous_file_and_no_temporary_one(tmp_path):
+    import errno
+
+    target = tmp_path / "model.ckpt"
+    target.write_bytes(b"complete previous checkpoint")
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half of the new")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_bytes() == b"complete previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        with atomic_file(tmp_path):
+            pass

@@ -59,3 +59,24 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
 
     tested = build_cli(["test", "--ckpt_path", str(checkpoints[-1]), "--trainer.enable_progress_bar", "false"])
     assert float(tested.trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_root_cause_reports_the_library_error_that_names_the_file_not_the_error_it_wraps():
+    """(issue 19) jsonargparse wraps our error; ours wraps the low-level one: the one naming the file is reported."""
+    from bso_lightning.cli import root_cause
+    from datamodules.base import DataFileError
+
+    try:
+        try:
+            try:
+                raise ValueError("cannot reshape array of size 3000 into shape (3,32,32)")
+            except ValueError as inner:
+                raise DataFileError("/data/cifar/data_batch_1", "not a CIFAR python pickle") from inner
+        except DataFileError as ours:
+            raise ValueError("Problem with given class_path 'datamodules.CIFAR10DataModule'") from ours
+    except ValueError as outer:
+        cause = root_cause(outer)
+    assert isinstance(cause, DataFileError) and "data_batch_1" in str(cause)
+    plain = ValueError("outer")
+    plain.__cause__ = OSError(28, "No space left on device")
+    assert isinstance(root_cause(plain), OSError)

@@ -156,6 +156,14 @@ def test_cli_exports_a_lightning_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "other.ckpt"), str(out)]) == 1
     assert "other.ckpt" in capsys.readouterr().err
 
+    before = ckpt.read_bytes()  # (issue 19) the export never replaces its input, nor writes into a folder
+    for target, message in [(ckpt, "is the input"), (tmp_path / "." / "last.ckpt", "is the input"),
+                            (tmp_path, "is a folder")]:
+        assert main([str(ckpt), str(target)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert ckpt.read_bytes() == before
+
 
 # --------------------------------------------------------------------------- hostile and malformed files (issue 14)
 

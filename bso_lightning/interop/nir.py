@@ -449,7 +449,10 @@ def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequ
     from bso_lightning.models import build_model
     from bso_lightning.tasks.faults import read_checkpoint
 
+    from bso_lightning.atomic import refuse_overwriting
+
     checkpoint = Path(checkpoint)
+    refuse_overwriting(checkpoint, out)
     ckpt = read_checkpoint(checkpoint)  # weights_only=True; CheckpointError (a ValueError) naming the file
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
@@ -461,6 +464,11 @@ def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequ
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
-    graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"),
-                       arch=arch, arch_kwargs=kwargs)
+    try:
+        graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"),
+                           arch=arch, arch_kwargs=kwargs)
+    except RuntimeError as exc:  # the network cannot take such inputs (channels, or too small for its pooling)
+        reason = " ".join(str(exc).split())[:300]
+        raise ValueError(f"{checkpoint}: {arch} does not take inputs of shape {list(input_shape)} (input_shape is "
+                         f"[C, H, W] of one training sample): {reason}") from exc
     return write_nir(graph, out)

@@ -174,3 +174,25 @@ def test_cli_exports_a_checkpoint(trained, tmp_path, capsys):
         assert torch.equal(run_sequence(import_nir(out), x[:16], 4), task(x[:16]))
     assert main([str(tmp_path / "missing.ckpt"), str(out), "--input-shape", "1", "8", "8"]) == 1
     assert "missing.ckpt" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_its_input_a_folder_and_a_wrong_input_shape(trained, tmp_path, capsys):
+    """(issue 19) One-line errors, and the resumable checkpoint is never replaced by the export."""
+    _, task, _, _ = trained
+    trainer = L.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(task)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    before = ckpt.read_bytes()
+    (tmp_path / "link.ckpt").symlink_to(ckpt)
+    for out, message in [(ckpt, "is the input"), (tmp_path / "link.ckpt", "is the input"),
+                         (tmp_path, "is a folder")]:
+        assert main([str(ckpt), str(out), "--input-shape", "1", "8", "8"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert ckpt.read_bytes() == before
+    assert main([str(ckpt), str(tmp_path / "m.nir"), "--input-shape", "3", "8", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "does not take inputs of shape [3, 8, 8]" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.nir").exists()
