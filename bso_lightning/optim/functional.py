@@ -29,8 +29,10 @@ The momentum is stored in float32, bfloat16 or int8. The update is always comput
   bytes per weight.
 
 The eager step works through each tensor in chunks of ``EAGER_CHUNK`` entries with every temporary written into
-small reused buffers (``out=``): it allocates nothing tensor-sized (fresh allocations cost page faults that
-dominate on CPU) and its buffers stay below 0.1 byte per weight of VGG-11 whatever the layer sizes.
+buffers reused across chunks and tensors (``out=``), freed when the call returns: nothing of it persists between
+steps, and while it runs it holds at most ~9.5 bytes × ``EAGER_CHUNK`` (4.75 MiB), whatever the layer sizes.
+(Measured on CPU, ``benchmarks/step_throughput.py --compare-with``: as fast as whole-tensor passes with buffers kept
+for good; chunks of 32768 entries kept for good were 1.5–2× slower, the Python overhead per chunk dominating.)
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ QUANT_BLOCK = 256
 #: Length of the random row that stochastic rounding repeats over a tensor (see ``BinaryOptimizer._rounding_noise``).
 NOISE_WIDTH = 4096
 #: Entries per chunk of the eager step (a multiple of ``NOISE_WIDTH``, ``QUANT_BLOCK`` and 8, so chunking changes
-#: no result). ``None``: whole tensors, with buffers the size of the largest one (the layout before issue 20).
-EAGER_CHUNK: int | None = 1 << 15
+#: no result). ``None``: whole tensors, with buffers the size of the largest one.
+EAGER_CHUNK: int | None = 1 << 19
 
 
 # --------------------------------------------------------------------------- momentum storage (shared)
@@ -228,8 +230,8 @@ def _tbso_tensors(ws, shapes, gs, ms, scales, vs, time_step, flips, skips, noise
 
 # --------------------------------------------------------------------------- eager implementation
 #
-# The same math as :func:`_update_and_flip`, chunk by chunk, with every temporary written into small reused
-# buffers (``out=``), so a step allocates nothing tensor-sized and the buffers do not grow with the layers.
+# The same math as :func:`_update_and_flip`, chunk by chunk, with every temporary written into buffers reused
+# across chunks and tensors (``out=``) and freed when the call returns (:func:`_eager`).
 
 _MAGIC_PACK = sum(1 << (63 - 9 * k) for k in range(8)) - (1 << 64)  # 8 bytes of 0/1 -> one MSB-first byte
 _workspaces: dict[torch.device, dict[str, Tensor]] = {}
@@ -248,7 +250,7 @@ def _workspace(device: torch.device, numel: int, names: tuple[str, ...]) -> dict
 
 
 def workspace_bytes(device: torch.device | str | None = None) -> int:
-    """Bytes the eager step's reused buffers hold now (on ``device``, or on every device); they persist between steps."""
+    """Bytes the eager step's reused buffers hold now (on ``device``, or on every device): 0 between steps."""
     devices = _workspaces.values() if device is None else [_workspaces.get(torch.device(device), {})]
     return sum(t.numel() * t.element_size() for ws in devices for t in ws.values())
 
@@ -303,7 +305,7 @@ def _eager_update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Te
             mask[:k].copy_(flip)
             mask[k:].zero_()
             bits.bitwise_xor_(_eager_pack_(mask))  # W <- -W there: one XOR per 8 weights
-        last_flips.add_(torch.count_nonzero(flip))
+        last_flips.add_(flip.sum().to(torch.int64))  # (exact: a float32 sum of 0/1 is exact below 2**24 entries)
         if reset:
             new_m.addcmul_(new_m, flip, value=-1.0)  # M <- 0 where flipped
         if m.dtype != torch.float32:
@@ -387,6 +389,17 @@ def _check_int8(momenta: Sequence[Tensor], scales: list[Tensor | None]) -> None:
                              f"need {int8_scale_size(m.numel())} (blocks of {QUANT_BLOCK})")
 
 
+def _eager(fn: Callable[..., None], device: torch.device) -> Callable[..., None]:
+    """``fn`` (an eager step over tensors of ``device``), freeing its reused buffers when it returns."""
+    def call(*args: object) -> None:
+        try:
+            fn(*args)
+        finally:
+            _workspaces.pop(device, None)
+
+    return call
+
+
 def _scalar(value: float, device: torch.device) -> Tensor:
     # torch.full, not torch.tensor: on CUDA a tensor built from Python data is a blocking copy (a host sync)
     return torch.full((), value, dtype=torch.float32, device=device)
@@ -406,7 +419,7 @@ def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Te
     scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
     _check_int8(momenta, scales)
     noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
-    impl = _compiled_fn("bso") if fused else _eager_bso_tensors
+    impl = _compiled_fn("bso") if fused else _eager(_eager_bso_tensors, device)
     impl(data, shapes, list(grads), list(momenta), scales, list(last_flips), list(nonfinite_steps), noises,
          _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
 
@@ -428,7 +441,7 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
     scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
     _check_int8(momenta, scales)
     noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
-    impl = _compiled_fn("tbso") if fused else _eager_tbso_tensors
+    impl = _compiled_fn("tbso") if fused else _eager(_eager_tbso_tensors, device)
     impl(data, shapes, list(grads), list(momenta), scales, list(vs), torch.full((1,), time_step, dtype=torch.int64, device=device),
          list(last_flips), list(nonfinite_steps), noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device),
          _scalar(1.0 - betas[1], device), _scalar(threshold, device), _scalar(eps, device),

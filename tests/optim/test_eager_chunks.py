@@ -16,7 +16,7 @@ def _run(cls, storage, momentum_dtype, chunk, monkeypatch):
     signs = [(torch.randint(0, 2, s, generator=gen) * 2 - 1).float() for s in SHAPES]
     params = ([PackedBinaryParameter.from_signs(s) for s in signs] if storage == "packed"
               else [torch.nn.Parameter(s) for s in signs])
-    kwargs = dict(reset_momentum_on_flip=True) if cls is BSO else {}
+    kwargs = dict(reset_momentum_on_flip=True, beta=0.5) if cls is BSO else {}
     opt = cls(params, threshold=1e-3, momentum_dtype=momentum_dtype, **kwargs)
     flips = []
     for step in range(6):
@@ -47,18 +47,25 @@ def test_chunked_step_equals_the_whole_tensor_step(cls, storage, momentum_dtype,
     assert whole[1].nonfinite_counts().tolist() == [1, 1, 1]
 
 
-def test_buffers_do_not_grow_with_the_tensor(monkeypatch):
-    monkeypatch.setattr(functional, "_workspaces", {})
-    n = 1 << 21
+def test_buffers_are_bounded_by_the_chunk_and_freed_after_the_step(monkeypatch):
+    monkeypatch.setattr(functional, "EAGER_CHUNK", 1 << 16)
+    sizes = []
+    workspace = functional._workspace
+
+    def recording(device, numel, names):
+        ws = workspace(device, numel, names)
+        sizes.append(functional.workspace_bytes(device))
+        return ws
+
+    monkeypatch.setattr(functional, "_workspace", recording)
+    n = 1 << 20
     p = PackedBinaryParameter.from_signs(torch.ones(n))
     opt = TBSO([p], momentum_dtype="bfloat16")
     p.packed_grad = torch.randn(n)
     opt.step()
-    chunk = functional.EAGER_CHUNK
-    assert chunk < n
     # float32 gradient and momentum buffers, a byte and 1/8 int32 per entry for the packing: ≤ 9.5 bytes per entry
-    assert 0 < functional.workspace_bytes() <= 9.5 * chunk
-    assert functional.workspace_bytes("cpu") == functional.workspace_bytes()
+    assert len(sizes) == 1 and 0 < sizes[0] <= 9.5 * (1 << 16)
+    assert functional.workspace_bytes() == 0 and opt.memory_bytes()["workspaces"] == 0
 
 
 def test_a_non_contiguous_dense_weight_is_updated_in_place():
