@@ -25,6 +25,8 @@ training-step paths use the fused BSO/T-BSO step too.
 
     python benchmarks/step_throughput.py --threads 1     # VGG-11, 32x32, batch 16, 25 repetitions
     python benchmarks/step_throughput.py --threads 1 --profile     # + torch.profiler tables
+    python benchmarks/step_throughput.py --threads 1 --optimizer-only --compare-with 84d843e   # the step alone,
+        # every momentum dtype, beside the eager step of an earlier commit (its optim/functional.py, loaded from git)
     python benchmarks/step_throughput.py --quick         # smoke test
 """
 
@@ -242,6 +244,54 @@ def paired_ratio(times: dict[str, list[float]], key: str, ref: str) -> float:
     return statistics.median(a / b for a, b in zip(times[key], times[ref]))
 
 
+def _functional_from_git(rev: str):
+    """``bso_lightning/optim/functional.py`` as it was at commit ``rev``, loaded as a module (to time it side by side)."""
+    import subprocess
+    import types
+
+    source = subprocess.run(["git", "show", f"{rev}:bso_lightning/optim/functional.py"], cwd=_common.ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"functional_{rev}")
+    exec(compile(source, f"{rev}:bso_lightning/optim/functional.py", "exec"), module.__dict__)
+    return module
+
+
+def _functional_step(module, weights, grads, kind: str, packed: bool, momentum_dtype: torch.dtype):
+    """A closure running ``module.bso`` / ``module.tbso`` eagerly on its own copy of the weights and state."""
+    from bso_lightning.optim.functional import NOISE_WIDTH
+
+    params = [PackedBinaryParameter.from_signs(w.detach()) if packed else w.detach().clone() for w in weights]
+    momenta = [torch.zeros(w.shape, dtype=momentum_dtype) for w in weights]
+    counters = [[torch.zeros((), dtype=torch.int64) for _ in weights] for _ in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    noises = (None if momentum_dtype == torch.float32 else
+              [torch.randint(0, 1 << 16, (NOISE_WIDTH,), dtype=torch.int32, generator=gen) for _ in weights])
+    vs = [torch.zeros(1) for _ in weights]
+    if kind == "bso":
+        return lambda: module.bso(params, grads, momenta, *counters, beta=0.999, threshold=5e-7, rounding_noise=noises,
+                                  fused=False)
+    return lambda: module.tbso(params, grads, momenta, vs, *counters, time_step=0, betas=(0.999, 0.99999),
+                               threshold=5e-7, eps=1e-10, rounding_noise=noises, fused=False)
+
+
+def compare_with(rev: str, arch: str, reps: int, warmup: int, width: Optional[int]):
+    """The eager step of commit ``rev`` and today's, on the same tensors, interleaved (same machine state)."""
+    from bso_lightning.optim import functional
+
+    before = _functional_from_git(rev)
+    torch.manual_seed(0)
+    kwargs = {"width": width} if width is not None else {}
+    weights = split_parameters(build_model(arch, num_classes=10, in_channels=3, **kwargs)).binary
+    grads = [torch.randn_like(w) * 1e-3 for w in weights]
+    fns = {}
+    for kind, packed, dtype, label in (("bso", False, torch.float32, "BSO"), ("tbso", False, torch.float32, "T-BSO"),
+                                       ("bso", True, torch.float32, "BSO (packed)"),
+                                       ("tbso", True, torch.bfloat16, "T-BSO (packed, bf16 momentum)")):
+        fns[f"{label} @ {rev}"] = _functional_step(before, weights, grads, kind, packed, dtype)
+        fns[f"{label} now"] = _functional_step(functional, weights, grads, kind, packed, dtype)
+    return interleaved(fns, reps, warmup)
+
+
 def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int], fused: bool = False):
     """CPU and wall seconds of BSO/T-BSO steps (eager, and fused if asked) and SGD's on VGG-11's binary weights."""
     torch.manual_seed(0)
@@ -263,8 +313,11 @@ def optimizer_step_times(arch: str, reps: int, warmup: int, width: Optional[int]
 
     bso, tbso, sgd = BSO(copies()), TBSO(copies()), torch.optim.SGD(copies(), lr=0.1, momentum=0.9, foreach=True)
     bso_p, tbso_p = BSO(packed()), TBSO(packed(), momentum_dtype="bfloat16")
+    tbso_p32, tbso_p8 = TBSO(packed()), TBSO(packed(), momentum_dtype="int8")
     fns = {"BSO": bso.step, "T-BSO": lambda: tbso.step(time_step=0), "SGD": sgd.step,
-           "BSO (packed)": bso_p.step, "T-BSO (packed, bf16 momentum)": lambda: tbso_p.step(time_step=0)}
+           "BSO (packed)": bso_p.step, "T-BSO (packed)": lambda: tbso_p32.step(time_step=0),
+           "T-BSO (packed, bf16 momentum)": lambda: tbso_p.step(time_step=0),
+           "T-BSO (packed, int8 momentum)": lambda: tbso_p8.step(time_step=0)}
     if fused:
         bso_f, tbso_f = BSO(copies(), fused=True), TBSO(copies(), fused=True)
         for name, fn in (("BSO (fused=True)", bso_f.step), ("T-BSO (fused=True)", lambda: tbso_f.step(time_step=0))):
@@ -312,6 +365,43 @@ def weighted_layer_times(arch: str, batch: int, image: int, width: Optional[int]
     return f_total, fb_total
 
 
+def optimizer_only(args, info: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer step alone (and, with ``--compare-with``, the eager step of an earlier commit beside today's)."""
+    from bso_lightning.optim import functional
+
+    opt_cpu, opt_wall = optimizer_step_times(args.arch, args.opt_reps, max(2, args.warmup), args.width,
+                                             fused=args.fused)
+    ratios = {k: paired_ratio(opt_cpu, k, "SGD") for k in opt_cpu}
+    rows = [[k, f"{statistics.median(opt_cpu[k]) * 1e3:,.2f}", f"{statistics.median(opt_wall[k]) * 1e3:,.2f}",
+             f"{ratios[k]:.2f}×"] for k in opt_cpu]
+    parts = [_common.report_header("Optimizer step alone", info),
+             f"Setting: the binary weights of {args.arch}, gradients N(0, 1e-3²), CPU, {args.opt_reps} interleaved "
+             f"repetitions; eager step in chunks of {functional.EAGER_CHUNK} entries, buffers freed after each call.",
+             "", markdown_table(["optimizer", "median CPU ms / step", "median wall ms", "time ÷ SGD (paired, CPU)"],
+                                rows)]
+    data = {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "optimizer_cpu_seconds": opt_cpu,
+            "optimizer_wall_seconds": opt_wall, "optimizer_ratio_to_sgd": ratios}
+    if args.compare_with:
+        cpu, wall = compare_with(args.compare_with, args.arch, args.opt_reps, max(2, args.warmup), args.width)
+        rows = []
+        for key in cpu:
+            if key.endswith(" now"):
+                label = key[: -len(" now")]
+                before = f"{label} @ {args.compare_with}"
+                rows.append([label, f"{statistics.median(cpu[before]) * 1e3:,.2f}",
+                             f"{statistics.median(cpu[key]) * 1e3:,.2f}", f"{paired_ratio(cpu, key, before):.2f}×",
+                             f"{statistics.median(wall[before]) * 1e3:,.2f} → {statistics.median(wall[key]) * 1e3:,.2f}"])
+        parts += ["", f"Eager step of commit {args.compare_with} (its `optim/functional.py`, loaded from git) and "
+                  "today's, same tensors, interleaved:", "",
+                  markdown_table(["step", f"CPU ms @ {args.compare_with}", "CPU ms now", "now ÷ before (paired, CPU)",
+                                  "wall ms before → now"], rows)]
+        data |= {"compare_with": args.compare_with, "compare_cpu_seconds": cpu, "compare_wall_seconds": wall}
+    text = "\n".join(parts)
+    print("\n" + text, flush=True)
+    _common.write_results(_common.output_dir(args), "step_throughput_optimizer", text, data)
+    return data
+
+
 def profile(fn: Callable[[], None], title: str, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -339,6 +429,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                         help="also time BSO/T-BSO with fused=True, and use it in the training-step paths "
                              "(default: on; off with --quick; compiling takes ~20 s per optimizer)")
+    parser.add_argument("--optimizer-only", action="store_true",
+                        help="only the optimizer step alone (every momentum dtype); results: step_throughput_optimizer")
+    parser.add_argument("--compare-with", metavar="REV", default=None,
+                        help="with --optimizer-only: also time the eager step of git commit REV on the same tensors")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     _common.apply_threads(args)
@@ -346,9 +440,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         args.arch, args.width, args.batch_size, args.image_size = "small_cnn", 8, 2, 16
         args.reps, args.warmup, args.opt_reps = 3, 1, 5
     if args.fused is None:
-        args.fused = not args.quick
+        args.fused = not args.quick and not args.optimizer_only
 
     info = _common.machine_info()
+    if args.optimizer_only:
+        return optimizer_only(args, info)
     kw = dict(width=args.width)
     worst = check_same_gradients(args.arch, max(2, min(args.batch_size, 4)), args.image_size, args.width)
     print(f"same weight gradients on the three paths: max relative difference {worst:.1e}", flush=True)
