@@ -6,6 +6,11 @@ weights that are binary in the BSO model (every conv but the first); the other m
 tensors in the same places (latent weights for BPTT, plain weights for OTTT). The total is
 ``bso_lightning.callbacks.memory.persistent_state_bytes`` (parameters + gradients + buffers + optimizer state).
 
+Then, for the binary methods, every byte that persists between steps per binary weight, for each storage layout
+(``BinaryOptimizer.memory_bytes``: weights, momentum, int8 block scales, v, counters, the rounding noise, the
+eager step's buffers and any binary gradient still alive), after one batch of ``OnlineClassifier`` training with
+that layout; and what a step holds besides while it runs (computed from the sizes).
+
     python benchmarks/state_bytes.py                  # VGG-11, CIFAR-10 shapes, T = 4
     python benchmarks/state_bytes.py --quick          # smoke test (small CNN)
 """
@@ -86,6 +91,70 @@ def measure(method: str, args) -> dict[str, Any]:
     }
 
 
+#: Storage layouts of the binary methods: OnlineClassifier options.
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "dense ±1 float32 + float32 momentum (the authors' layout)": dict(weight_storage="dense",
+                                                                       momentum_dtype="float32"),
+    "packed bits + float32 momentum (default)": dict(weight_storage="packed", momentum_dtype="float32"),
+    "packed bits + bfloat16 momentum": dict(weight_storage="packed", momentum_dtype="bfloat16"),
+    "packed bits + int8 momentum": dict(weight_storage="packed", momentum_dtype="int8"),
+}
+KINDS = ("weights", "momentum", "momentum_scale", "v", "counters", "rounding_noise", "workspaces", "gradients")
+
+
+def measure_layout(method: str, layout: dict[str, Any], args) -> dict[str, Any]:
+    """Every byte the binary optimizer keeps between steps after one batch of training with ``layout``."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bso_lightning.nn.packed import binary_numel
+    from bso_lightning.optim import functional
+
+    arch_kwargs = {"width": args.width} if args.width else None
+    L.seed_everything(0, verbose=False)
+    task = _common.make_task(method, args.arch, args.time_steps, num_classes=args.num_classes, in_channels=3,
+                             arch_kwargs=arch_kwargs, cosine_epochs=1, bn_recalibration_batches=0, **layout)
+    data = TensorDataset(torch.rand(2, 3, args.image_size, args.image_size), torch.randint(0, args.num_classes, (2,)))
+    trainer = _common.make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=2))
+    binary = trainer.optimizers[0]
+    counted = binary.memory_bytes()
+    sizes = [binary_numel(p) for p in binary.binary_parameters()]
+    n = sum(sizes)
+    chunk = min(max(sizes), functional.EAGER_CHUNK or max(sizes))
+    per_entry = 4 + (4 if layout["momentum_dtype"] != "float32" else 0) + (1.5 if layout["weight_storage"] == "packed"
+                                                                          else 0)
+    return {"method": method, "layout": layout, "binary_weights": n, "bytes": counted,
+            "bytes_per_weight": sum(counted.values()) / n,
+            # while a step runs (computed): the eager step's buffers, and the binary gradients alive at once
+            "step_buffers_bytes": chunk * per_entry, "step_gradient_bytes_in_backward": 4 * max(sizes),
+            "step_gradient_bytes_after_backward": 4 * n}
+
+
+def layouts_report(args) -> tuple[str, list[dict[str, Any]]]:
+    results = [measure_layout(method, layout, args) for method in ("tbso", "bso") if method in args.methods
+               for layout in LAYOUTS.values()]
+    rows = []
+    for r in results:
+        n = r["binary_weights"]
+        label = next(k for k, v in LAYOUTS.items() if v == r["layout"])
+        rows.append([METHODS[r["method"]], label, *(f"{r['bytes'][k] / n:.4f}" for k in KINDS),
+                     f"**{r['bytes_per_weight']:.3f}**", f"{_common.fmt_mib(sum(r['bytes'].values()))}",
+                     f"{r['step_buffers_bytes'] / n:.3f} + {r['step_gradient_bytes_in_backward'] / n:.3f}"])
+    table = markdown_table(["method", "layout", "weights", "momentum", "int8 scales", "v", "counters",
+                            "rounding noise", "step buffers", "gradients", "total B / binary weight", "total MiB",
+                            "held during a step (buffers + one layer's gradient)"], rows)
+    text = ("### Every byte kept between steps, per binary weight, by layout\n\n"
+            "After one batch of `OnlineClassifier` training (realtime, stepping inside the backward: no binary "
+            "gradient outlives its layer's step). Counted tensor by tensor by `BinaryOptimizer.memory_bytes()`. "
+            "The eager step's buffers are freed after each step (0 between steps); while a step runs it holds them "
+            "(at most one chunk of entries) and, stepping inside the backward, one layer's gradient (the last "
+            "column, computed from the sizes; without stepping inside the backward the whole model's gradient, "
+            "4 B per weight, is alive at the step).\n\n" + table)
+    return text, results
+
+
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -102,6 +171,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.quiet_lightning()
     info = _common.machine_info()
     results = [measure(m, args) for m in args.methods]
+    layouts_text, layout_results = layouts_report(args)
 
     rows = []
     for r in results:
@@ -126,11 +196,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         _common.report_header("Persistent training state per method", info),
         f"Setting: {setting}. Gradients: one per trainable parameter (alive during each step). Deployed size: "
         "1 bit per hidden weight for the binary methods (BPTT deploys sign(latent)), 4 bytes otherwise; "
-        "4 bytes per other parameter (the paper's rule).", "", table, "", kinds,
+        "4 bytes per other parameter (the paper's rule).", "", table, "", kinds, "", layouts_text,
     ])
     print("\n" + text, flush=True)
     _common.write_results(_common.output_dir(args), "state_bytes", text,
-                          {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": results})
+                          {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "results": results,
+                           "layouts": layout_results})
     return results
 
 
