@@ -36,25 +36,35 @@ from _common import METHODS, fmt_mib, markdown_table  # noqa: E402
 RESULT_PREFIX = "RESULT "
 
 
-def measure(method: str, time_steps: int, arch: str, batch_size: int, image_size: int, steps: int,
-            device: str, seed: int = 0, width: Optional[int] = None) -> dict[str, Any]:
-    """Train ``steps`` batches of ``method`` at T = ``time_steps``; memory figures of the last batch."""
+def task_and_loader(method: str, time_steps: int, arch: str, batch_size: int, image_size: int, batches: int,
+                    seed: int = 0, width: Optional[int] = None, **overrides: Any):
+    """The method's LightningModule (10 classes, 3 channels; ``overrides`` for its arguments) and a loader of
+    ``batches`` random batches; seeded."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-
-    from bso_lightning.callbacks.memory import (
-        AutogradMemoryMeter, cuda_peak_bytes, peak_rss_bytes, persistent_state_bytes,
-    )
 
     _common.quiet_lightning()
     L.seed_everything(seed, verbose=False)
     arch_kwargs = {"width": width} if width is not None else None
     task = _common.make_task(method, arch, time_steps, num_classes=10, in_channels=3, arch_kwargs=arch_kwargs,
-                             cosine_epochs=1, bn_recalibration_batches=0)
-    n = batch_size * steps
+                             **{"cosine_epochs": 1, "bn_recalibration_batches": 0, **overrides})
+    n = batch_size * batches
     data = TensorDataset(torch.rand(n, 3, image_size, image_size), torch.randint(0, 10, (n,)))
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    return task, DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def measure(method: str, time_steps: int, arch: str, batch_size: int, image_size: int, steps: int,
+            device: str, seed: int = 0, width: Optional[int] = None, **overrides: Any) -> dict[str, Any]:
+    """Train ``steps`` batches of ``method`` at T = ``time_steps``; memory figures of the last batch."""
+    import lightning as L
+    import torch
+
+    from bso_lightning.callbacks.memory import (
+        AutogradMemoryMeter, cuda_peak_bytes, peak_rss_bytes, persistent_state_bytes,
+    )
+
+    task, loader = task_and_loader(method, time_steps, arch, batch_size, image_size, steps, seed, width, **overrides)
     cuda = device == "cuda"
     measured = steps - 1
 

@@ -69,9 +69,10 @@ class BinaryOptimizer(torch.optim.Optimizer):
             from a generator seeded with ``rounding_seed``, whose state is saved in ``state_dict``.
         fused: step through the ``torch.compile``d update (an instance setting, not saved: a checkpoint resumes
             with either path). ``None`` (default, auto): compiled on CUDA where Triton is available (each tensor's
-            update fused into a few kernels instead of ~12 eager launches; the first step compiles), eager on CPU
-            (no compile time, no C++ compiler needed); decided per device at each step by :meth:`fused_on`. In
-            auto mode a compiled step that cannot be built falls back to the eager one with a warning.
+            update fused into a few kernels instead of the eager step's many small ones; the first step
+            compiles), eager on CPU (no compile time, no C++ compiler needed); decided per device at each step by
+            :meth:`fused_on`. In auto mode a compiled step that cannot be built falls back to the eager one with a
+            warning.
     """
 
     _state_keys: frozenset[str] = frozenset({"momentum", "last_flips", "nonfinite_steps"})

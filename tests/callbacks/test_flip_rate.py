@@ -154,6 +154,7 @@ def test_accumulation_does_not_sync_host_and_device(monkeypatch):
     assert callback.compute() == {}  # no longer counting
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_accumulation_does_not_sync():
     params = [nn.Parameter(torch.ones(64, 32, device="cuda")), nn.Parameter(-torch.ones(128, device="cuda"))]

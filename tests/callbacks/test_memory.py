@@ -136,6 +136,7 @@ def test_online_autograd_peak_is_flat_in_T_and_graph_kept_loop_grows(tmp_path):
     assert kept[4] > 3.5 * kept[1]  # keeping the graph across T grows ~linearly
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_peak_is_logged(tmp_path):
     device = torch.device("cuda")

@@ -61,6 +61,7 @@ def test_step_uses_no_python_level_sync(cls, fused, monkeypatch):
     assert opt.nonfinite_counts().tolist() == [0, 1, 0]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cls", [BSO, TBSO])

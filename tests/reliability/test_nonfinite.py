@@ -184,6 +184,7 @@ def test_skipping_a_full_precision_step_uses_no_python_level_sync(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_skipping_a_full_precision_step_does_not_sync():
     sgd, params, before = _sgd_with_bad_gradient("cuda")
