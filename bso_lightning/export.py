@@ -238,12 +238,21 @@ def _check_kwarg(path: PathLike, field: str, value: Any, depth: int = 0) -> None
                                  "str, None or a flat list of those)")
 
 
+#: Bound on the per-time-step BatchNorm slots a header may ask for (each slot is two float32 per channel).
+MAX_BATCHNORM_TIME_STEPS = 4096
+
+
 def _check_spec(path: PathLike, arch: Any, kwargs: Any) -> None:
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise _fail(path, "header.arch", f"{arch!r} is not one of {sorted(ARCHITECTURES)}")
     if not isinstance(kwargs, dict):
         raise _fail(path, "header.kwargs", f"must be an object, got {type(kwargs).__name__}")
-    parameters = inspect.signature(ARCHITECTURES[arch]).parameters
+    parameters = dict(inspect.signature(ARCHITECTURES[arch]).parameters)
+    parameters["batchnorm_time_steps"] = inspect.signature(build_model).parameters["batchnorm_time_steps"]
+    steps = kwargs.get("batchnorm_time_steps")
+    if steps is not None and not (type(steps) is int and 1 <= steps <= MAX_BATCHNORM_TIME_STEPS):
+        raise _fail(path, "header.kwargs.batchnorm_time_steps",
+                    f"must be null or an int in [1, {MAX_BATCHNORM_TIME_STEPS}], got {steps!r}")
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for key, value in kwargs.items():
         if not takes_any and key not in parameters:

@@ -21,6 +21,9 @@ from bso_lightning.models.variants import NeuronVariant, WeightVariant, build_va
 
 #: Task hyper-parameters passed to the model factory as keyword arguments (when the task has them).
 FACTORY_HPARAMS = ("num_classes", "in_channels", "trace", "decay", "v_threshold")
+#: ``batchnorm_statistics``: ``per_time_step`` (running statistics per time step for evaluation,
+#: :mod:`bso_lightning.nn.time_step_batchnorm`) or ``pooled`` (plain BatchNorm; checkpoints without the key).
+BATCHNORM_STATISTICS = ("per_time_step", "pooled")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class ModelSpec:
         if repeated:
             raise ValueError(f"arch_kwargs repeats {repeated}: set them as the task's own arguments, not in arch_kwargs")
         storage = str(hparams.get("weight_storage", "dense")) if weights == "binary" else "dense"
+        statistics = hparams.get("batchnorm_statistics", "pooled")
+        if statistics not in BATCHNORM_STATISTICS:
+            raise ValueError(f"batchnorm_statistics must be one of {BATCHNORM_STATISTICS}, got {statistics!r}")
+        if statistics == "per_time_step":  # (build_model's own argument: packed export rebuilds the same model)
+            kwargs["batchnorm_time_steps"] = int(hparams.get("time_steps", 1))
         return cls(str(hparams["arch"]), {**kwargs, **arch_kwargs}, weights, neuron, storage)
 
     def build(self) -> nn.Module:
@@ -60,4 +68,4 @@ def build_model_from_hparams(hparams: Mapping[str, Any], weights: WeightVariant 
     return ModelSpec.from_hparams(hparams, weights, neuron).build()
 
 
-__all__ = ["FACTORY_HPARAMS", "ModelSpec", "build_model_from_hparams"]
+__all__ = ["BATCHNORM_STATISTICS", "FACTORY_HPARAMS", "ModelSpec", "build_model_from_hparams"]

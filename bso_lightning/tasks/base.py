@@ -18,6 +18,7 @@ from spikingjelly.activation_based import functional
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from bso_lightning.models.spec import BATCHNORM_STATISTICS
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.optim.checks import check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
@@ -75,6 +76,7 @@ class TimeSteppedClassifier(L.LightningModule):
             raise ValueError(f"cosine_epochs must be an integer >= 1 (or None: trainer.max_epochs), got {cosine_epochs!r}")
         if hp.bn_recalibration_batches < 0:
             raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
+        check_choice("batchnorm_statistics", hp.get("batchnorm_statistics", "pooled"), BATCHNORM_STATISTICS)
 
     def _make_metrics(self, num_classes: int) -> None:
         self.train_acc = MulticlassAccuracy(num_classes)

@@ -44,7 +44,7 @@ class OTTTClassifier(TimeSteppedClassifier):
 
     Args:
         arch, num_classes, in_channels, arch_kwargs, time_steps, trace, update_mode, mse_weight, decay,
-        v_threshold, bn_recalibration_batches: as in :class:`OnlineClassifier`.
+        v_threshold, bn_recalibration_batches, batchnorm_statistics: as in :class:`OnlineClassifier`.
         lr, momentum, weight_decay: SGD for **every** parameter (hidden convs included), cosine-annealed to 0
             over ``cosine_epochs`` (default ``trainer.max_epochs``).
     """
@@ -66,6 +66,7 @@ class OTTTClassifier(TimeSteppedClassifier):
         decay: float = 0.5,
         v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
+        batchnorm_statistics: Literal["per_time_step", "pooled"] = "per_time_step",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -102,7 +103,7 @@ class BPTTLatentClassifier(TimeSteppedClassifier):
 
     Args:
         arch, num_classes, in_channels, arch_kwargs, time_steps, mse_weight, decay, v_threshold,
-        bn_recalibration_batches: as in :class:`OnlineClassifier`.
+        bn_recalibration_batches, batchnorm_statistics: as in :class:`OnlineClassifier`.
         latent_optimizer: ``"adam"`` (default) or ``"sgd"`` (momentum ``momentum``) for the latent weights.
         latent_lr: learning rate of the latent weights (cosine-annealed to 0).
         clip_latent: clip latent weights to [−1, 1] after each step.
@@ -128,6 +129,7 @@ class BPTTLatentClassifier(TimeSteppedClassifier):
         decay: float = 0.5,
         v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
+        batchnorm_statistics: Literal["per_time_step", "pooled"] = "per_time_step",
     ) -> None:
         if latent_optimizer not in LATENT_OPTIMIZERS:
             raise ValueError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}")

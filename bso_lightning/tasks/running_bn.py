@@ -23,9 +23,9 @@ def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def batchnorm_state(model: nn.Module) -> BatchNormState:
-    """A copy of every BatchNorm's running mean, variance and batch count (in ``model.modules()`` order)."""
-    return [{"running_mean": m.running_mean.detach().clone(), "running_var": m.running_var.detach().clone(),
-             "num_batches_tracked": m.num_batches_tracked.detach().clone()} for m in _norms(model)]
+    """A copy of every BatchNorm's running statistics and batch counts (in ``model.modules()`` order)."""
+    return [{name: value.detach().clone() for name, value in m.named_buffers(recurse=False)}
+            for m in _norms(model)]  # (per-time-step statistics too: nn/time_step_batchnorm.py)
 
 
 def load_batchnorm_state(model: nn.Module, state: BatchNormState) -> None:
