@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
@@ -98,6 +99,8 @@ class BSOLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # (not a CheckpointIO the user chose)
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a full disk leaves no truncated checkpoint
         claim_log_versions(trainer)
         if not any(isinstance(callback, FlipRateCallback) for callback in trainer.callbacks):
             # every run's summary gets the end-of-training flip rate (flips/final); idle for the baselines
@@ -186,8 +189,7 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
     return BSOLightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults={**QUICKSTART_TRAINER, "callbacks": [CheckpointOnInterrupt()],
-                          "plugins": [AtomicCheckpointIO()]},  # a full disk leaves no truncated checkpoint
+        trainer_defaults={**QUICKSTART_TRAINER, "callbacks": [CheckpointOnInterrupt()]},
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
