@@ -79,7 +79,7 @@ def test_header_describes_the_tensors(packed_vgg):
 def test_bits_are_one_for_plus_one(tmp_path):
     model = small_cnn(width=8)
     with torch.no_grad():
-        w = model[3].weight
+        w = model.get_submodule("3").weight
         w.fill_(-1.0)
         w.view(-1)[0] = 1.0
         w.view(-1)[9] = 1.0
@@ -100,7 +100,7 @@ def test_bits_are_one_for_plus_one(tmp_path):
 def test_refuses_binary_tensor_that_is_not_plus_minus_one(tmp_path):
     model = small_cnn(width=8)
     with torch.no_grad():
-        model[3].weight.view(-1)[5] = 0.0
+        model.get_submodule("3").weight.view(-1)[5] = 0.0
     with pytest.raises(ValueError, match=r"3\.weight.*±1"):
         export_packed(model, tmp_path / "bad.bso", arch="small_cnn", arch_kwargs={"width": 8})
     assert not (tmp_path / "bad.bso").exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -37,6 +38,8 @@ from torch import Tensor, nn
 
 from bso_lightning.atomic import PathLike, atomic_file
 from bso_lightning.nn import BinaryConv2d, OnlineConv2d, OnlineLinear, OnlineLIFNode, SpikeTraceMap
+from bso_lightning.nn.pooling import StemPool
+from bso_lightning.nn.time_step_batchnorm import TimeStepBatchNorm2d
 from bso_lightning.models.resnet import BiRealUnit
 from bso_lightning.nn.layers import BinaryLayer
 
@@ -49,6 +52,10 @@ snntorch's NIR importer assumes, so its β = 1 − dt/τ equals our λ."""
 
 BatchNormMode = Literal["separate", "fold"]
 PRODUCER = "bso-lightning"
+
+
+class PooledBatchNormWarning(UserWarning):
+    """A model with per-time-step BatchNorm statistics was exported with the pooled ones."""
 
 
 class NIRExportError(ValueError):
@@ -163,6 +170,11 @@ class _GraphBuilder:
             elif isinstance(inner, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
                 sources = self.add(name, _pool_node(inner, x.shape), sources)
                 x = inner(x)
+            elif isinstance(inner, StemPool):  # its factor for this input size (none: no node)
+                k = inner.factor(x.shape[-2], x.shape[-1])
+                if k > 1:
+                    sources = self.add(name, _pool_node(nn.AvgPool2d(k), x.shape), sources)
+                x = inner(x)
             elif isinstance(inner, nn.Flatten):
                 if inner.start_dim != 1 or inner.end_dim != -1:
                     raise NIRExportError(f"layer {name}: only Flatten(1, -1) is exported, got "
@@ -238,9 +250,18 @@ def export_nir(model: nn.Module, input_shape: Sequence[int], dt: float = DEFAULT
         time_steps = hparams.get("time_steps") if time_steps is None else time_steps
         if arch is None:
             arch, arch_kwargs = model_spec_from_hparams(hparams)
+    if arch_kwargs and "batchnorm_time_steps" in arch_kwargs:  # the graph holds the pooled statistics (below)
+        arch_kwargs = {k: v for k, v in arch_kwargs.items() if k != "batchnorm_time_steps"}
     seq = _sequential_of(model)
+    if any(isinstance(m, TimeStepBatchNorm2d) for m in seq.modules()):
+        warnings.warn(
+            "NIR graphs are the same at every time step, so BatchNorm is exported with its statistics pooled over "
+            "the time steps, not the per-step ones this model evaluates with (batchnorm_statistics='per_time_step'): "
+            "the graph can score below test/acc (python benchmarks/nir_agreement.py measures it). For a graph that "
+            "computes exactly what the model evaluates, train with batchnorm_statistics='pooled'.",
+            PooledBatchNormWarning, stacklevel=2)
     builder = _GraphBuilder(input_shape, float(dt), batchnorm)
-    sources, x = builder.layers([(str(i), m) for i, m in enumerate(seq)], ["input"],
+    sources, x = builder.layers(list(seq.named_children()), ["input"],
                                 torch.zeros(1, *[int(s) for s in input_shape]))
     builder.add("output", nir.Output(output_type={"output": np.array(x.shape[1:])}), sources)
     metadata: dict[str, Any] = {"producer": PRODUCER, "dt": float(dt), "batchnorm": batchnorm,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional, Sequence, Union
 
 from torch import nn
@@ -16,22 +17,31 @@ VGG11_LAYOUT: tuple[Union[int, str], ...] = (64, 128, "A", 256, 256, "A", 512, 5
 def spiking_vgg(layout: Sequence[Union[int, str, nn.Module]], num_classes: int, in_channels: int,
                 neuron: NeuronConfig) -> nn.Sequential:
     """A VGG-style BSNN: each int is a conv (first full precision, rest binary) + BN + LIF; "A" is AvgPool2d(2);
-    a module (a parameter-free pooling) is applied to the spikes and traces as it is.
+    a module (a parameter-free pooling such as :class:`StemPool`) is applied to the spikes and traces as it is.
 
-    Ends with global average pooling and a full-precision linear classifier (with bias).
+    Ends with global average pooling and a full-precision linear classifier (with bias). Layers are named by their
+    index ("0", "1", ...) except a module item, named ``stem_pool`` without taking an index: the names of the
+    weights (``3.weight``, ...) and so older checkpoints and logged names do not depend on it.
     """
-    layers: list[nn.Module] = []
+    layers: list[tuple[str, nn.Module]] = []
+
+    def add(*modules: nn.Module) -> None:
+        for module in modules:
+            layers.append((str(sum(name.isdigit() for name, _ in layers)), module))
+
     channels = in_channels
     first = True
     for item in layout:
-        if item == "A" or isinstance(item, nn.Module):
-            layers.append(SpikeTraceMap(nn.AvgPool2d(2) if item == "A" else item))
-            continue
-        layers += conv_bn_lif(channels, int(item), neuron, binary=not first)
-        channels = int(item)
-        first = False
-    layers += [SpikeTraceMap(nn.AdaptiveAvgPool2d(1)), SpikeTraceMap(nn.Flatten()), OnlineLinear(channels, num_classes)]
-    return nn.Sequential(*layers)
+        if isinstance(item, nn.Module):
+            layers.append(("stem_pool", SpikeTraceMap(item)))
+        elif item == "A":
+            add(SpikeTraceMap(nn.AvgPool2d(2)))
+        else:
+            add(*conv_bn_lif(channels, int(item), neuron, binary=not first))
+            channels = int(item)
+            first = False
+    add(SpikeTraceMap(nn.AdaptiveAvgPool2d(1)), SpikeTraceMap(nn.Flatten()), OnlineLinear(channels, num_classes))
+    return nn.Sequential(OrderedDict(layers))
 
 
 def vgg11(num_classes: int = 10, in_channels: int = 3, decay: float = 0.5, v_threshold: float = 1.0,

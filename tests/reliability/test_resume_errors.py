@@ -32,7 +32,7 @@ def test_resuming_weights_that_are_not_plus_minus_one_names_the_file_and_the_wei
                                               r"than ±1 \(1152 of 1152, e\.g\. -?0\.37.*cannot be resumed.*pretrained"):
         make_trainer(tmp_path, max_epochs=2).fit(make_task(), datamodule=digits(), ckpt_path=path)
     task = make_task(pretrained=str(path))  # as pretrained weights they are mapped to ±1
-    assert set(task.model[3].weight.unique().tolist()) == {-1.0, 1.0}
+    assert set(task.model.get_submodule("3").weight.unique().tolist()) == {-1.0, 1.0}
 
 
 def test_hyper_parameters_that_do_not_fit_the_weights(tiny_checkpoint, tmp_path, monkeypatch):
