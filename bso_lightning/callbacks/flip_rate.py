@@ -40,6 +40,7 @@ from torch import Tensor
 
 from bso_lightning.nn.packed import binary_numel
 from bso_lightning.callbacks._logging import log_to_loggers, logging_step
+from bso_lightning.tasks.gap import run_long_enough_to_warn
 
 __all__ = ["FlipRateCallback", "LateFlipWarning", "find_binary_optimizer", "binary_layer_names"]
 
@@ -219,7 +220,8 @@ class FlipRateCallback(L.Callback):
         log_to_loggers(trainer, {"flips/final": rate}, step=logging_step(trainer))
         rank_zero_info(f"FlipRateCallback: in the last {len(self._recent)} training batches "
                        f"{100 * rate:.4f}% of the binary weights flipped per optimizer step (flips/final)")
-        if self.warn_above is not None and rate > self.warn_above and trainer.is_global_zero:
+        if self.warn_above is not None and rate > self.warn_above and trainer.is_global_zero \
+                and run_long_enough_to_warn(trainer):  # (quiet under fast_dev_run and on a handful of batches)
             warnings.warn(
                 f"{100 * rate:.3f}% of the binary weights still flip per step at the end of training "
                 f"(> {100 * self.warn_above:.2f}%): the final weights are a noisy sample and will likely score "

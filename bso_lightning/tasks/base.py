@@ -22,8 +22,11 @@ from bso_lightning.models.spec import BATCHNORM_STATISTICS
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
 from bso_lightning.optim.checks import check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
-from bso_lightning.tasks.faults import EvaluationInputs, check_compatible, check_state_dict_fits
-from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor
+from bso_lightning.tasks.faults import (
+    EvaluationInputs, check_compatible, check_model_bounds, check_same_time_steps, check_state_dict_fits,
+    read_checkpoint,
+)
+from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor, run_long_enough_to_warn
 from bso_lightning.tasks.loss import online_loss
 from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state, load_batchnorm_state
 from bso_lightning.tasks.state_guard import StateGuard, check_loaded_state, guarded_tensors
@@ -202,6 +205,8 @@ class TimeSteppedClassifier(L.LightningModule):
         path = (self._trainer.ckpt_path if self._trainer is not None else None) or "<checkpoint>"
         if isinstance(saved, Mapping):
             check_compatible(saved, self.hparams, path)
+            if self._trainer is not None and self.trainer.state.fn == "fit":  # (evaluating at another T is fine)
+                check_same_time_steps(saved, self.hparams, path)
         state = checkpoint.get("state_dict", {})
         if self.strict_loading:
             check_state_dict_fits(state, self.state_dict(), path)
@@ -209,6 +214,19 @@ class TimeSteppedClassifier(L.LightningModule):
         extras = checkpoint.get(CHECKPOINT_EXTRAS_KEY, {})
         self._resumed_train_acc = (extras.get("epoch"), extras.get("train_acc", {}))
         self._restore_checkpoint_extras(extras)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, after checking a local file's hyper-parameters (with the ``kwargs``
+        that override them) against the size bounds (:func:`~bso_lightning.tasks.faults.check_model_bounds`):
+        a file cannot make it build a model of any size."""
+        import os
+
+        if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            saved = read_checkpoint(checkpoint_path).get("hyper_parameters")
+            if isinstance(saved, Mapping) and "arch" in saved:
+                check_model_bounds({**saved, **{k: v for k, v in kwargs.items() if k in saved}}, checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
         """Subclasses restore their own entries of :meth:`_checkpoint_extras` here."""
@@ -282,7 +300,8 @@ class TimeSteppedClassifier(L.LightningModule):
         if getattr(self, "_gap_monitor", None) is None:
             self._gap_monitor = AccuracyGapMonitor(self.accuracy_gap_margin)
         gap = self._gap_monitor.check(running, held_out, f"validation at epoch {self.current_epoch} "
-                                                         f"(global_step {self.trainer.global_step})")
+                                                         f"(global_step {self.trainer.global_step})",
+                                      warn=run_long_enough_to_warn(self.trainer))
         self.log("val/train_acc_running", running, sync_dist=False)
         self.log("val/acc_gap", gap, sync_dist=False)
 

@@ -21,6 +21,19 @@ import warnings
 DEFAULT_GAP_MARGIN = 0.05
 
 
+#: The warnings about the kept model (this one and ``LateFlipWarning``) stay quiet on runs shorter than this many
+#: training batches and under ``fast_dev_run``: a handful of batches is a smoke test, not a model to keep.
+MIN_BATCHES_FOR_WARNINGS = 50
+
+
+def run_long_enough_to_warn(trainer) -> bool:
+    """False under ``fast_dev_run`` or before :data:`MIN_BATCHES_FOR_WARNINGS` training batches have run."""
+    if trainer is None or getattr(trainer, "fast_dev_run", False):
+        return False
+    done = trainer.fit_loop.epoch_loop.batch_progress.total.completed
+    return done >= MIN_BATCHES_FOR_WARNINGS
+
+
 class AccuracyGapWarning(UserWarning):
     """The current weights score far below the running training accuracy on held-out data."""
 
@@ -34,10 +47,10 @@ class AccuracyGapMonitor:
         self.margin = float(margin)
         self.warned = False
 
-    def check(self, running_train: float, held_out: float, where: str) -> float:
-        """Return the gap ``running_train − held_out``; warn the first time it exceeds the margin."""
+    def check(self, running_train: float, held_out: float, where: str, warn: bool = True) -> float:
+        """Return the gap ``running_train − held_out``; warn the first time it exceeds the margin (if ``warn``)."""
         gap = float(running_train) - float(held_out)
-        if not self.warned and math.isfinite(gap) and gap > self.margin:
+        if warn and not self.warned and math.isfinite(gap) and gap > self.margin:
             self.warned = True
             warnings.warn(
                 f"{where}: the current weights reach {100 * held_out:.1f}% on the held-out split (eval mode) "

@@ -191,8 +191,11 @@ def test_layer_names_follow_the_module():
 
 # ----------------------------------------------------------------- end-of-training summary
 
-def test_final_flip_rate_covers_the_last_batches_and_warns(tmp_path):
+def test_final_flip_rate_covers_the_last_batches_and_warns(tmp_path, monkeypatch):
     from bso_lightning.callbacks.flip_rate import LateFlipWarning
+    from bso_lightning.tasks import gap
+
+    monkeypatch.setattr(gap, "MIN_BATCHES_FOR_WARNINGS", 4)  # this run has 4 batches
 
     callback = FlipRateCallback(summary_batches=2, log_every_n_steps=3)  # 4 batches: one step left unlogged
     with pytest.warns(LateFlipWarning, match=r"still flip per step at the end of training"):
@@ -202,6 +205,14 @@ def test_final_flip_rate_covers_the_last_batches_and_warns(tmp_path):
     assert callback.summary == {"flips/final": pytest.approx(expected), "batches": 2.0}
     assert rows_with(rows, "flips/final")[-1]["flips/final"] == pytest.approx(expected)
     assert len(rows_with(rows, "flips/overall")) == 2  # the interval cut short by the end is flushed too
+
+
+def test_late_flip_warning_is_quiet_on_a_handful_of_batches(tmp_path, recwarn):
+    """The same 4-batch run as above, with the default minimum run length: no warning (a smoke run)."""
+    callback = FlipRateCallback(summary_batches=2, log_every_n_steps=3)
+    _fit(tmp_path, FlipProbe("bso"), callback, read=False)
+    assert callback.summary["flips/final"] > callback.warn_above  # would warn on a long run
+    assert not [w for w in recwarn if "flip per step" in str(w.message)]
 
 
 def test_final_flip_rate_quiet_below_the_bound(tmp_path, recwarn):

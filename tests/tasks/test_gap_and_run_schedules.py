@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import warnings
 
+import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from bso_lightning.tasks import gap
 from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor, AccuracyGapWarning
 from tests.tasks.conftest import make_task, make_trainer
 
@@ -35,7 +37,8 @@ def _loader(n=16, seed=0):
                       batch_size=8)
 
 
-def test_validation_logs_the_gap_and_warns_once(tmp_path):
+def test_validation_logs_the_gap_and_warns_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(gap, "MIN_BATCHES_FOR_WARNINGS", 0)  # (validation alone: no training batch has run)
     task = make_task(seed=0)
     trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=2)
 
@@ -56,6 +59,32 @@ def test_validation_logs_the_gap_and_warns_once(tmp_path):
         quiet = validate_with_running_train_acc(correct=False)  # running accuracy 0: no gap
     assert again["val/acc_gap"] == pytest.approx(metrics["val/acc_gap"])
     assert quiet["val/acc_gap"] == pytest.approx(-quiet["val/acc"], abs=1e-6)
+
+
+class _PerfectRunningAccuracy(L.Callback):
+    """Make the running training accuracy 100% before each validation, so the gap is large."""
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        y = torch.arange(10)
+        pl_module.train_acc.reset()
+        pl_module.train_acc.update(torch.nn.functional.one_hot(y, 10).float(), y)
+
+
+@pytest.mark.parametrize("trainer_args, minimum, warns", [
+    ({"fast_dev_run": True}, 0, False),  # a smoke run never warns
+    ({"max_epochs": 1}, None, False),  # 3 batches < MIN_BATCHES_FOR_WARNINGS
+    ({"max_epochs": 1}, 3, True),  # the same run counted as long enough warns
+])
+def test_gap_warning_is_quiet_on_a_handful_of_batches(tmp_path, monkeypatch, trainer_args, minimum, warns):
+    if minimum is not None:
+        monkeypatch.setattr(gap, "MIN_BATCHES_FOR_WARNINGS", minimum)
+    task = make_task(seed=0)
+    trainer = make_trainer(tmp_path, callbacks=[_PerfectRunningAccuracy()],
+                           **({"max_epochs": 1, "limit_val_batches": 2} | trainer_args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(task, train_dataloaders=_loader(n=24), val_dataloaders=_loader())
+    assert any(issubclass(w.category, AccuracyGapWarning) for w in caught) == warns
 
 
 @pytest.mark.parametrize("schedule, extra, final", [
