@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.callbacks.flip_rate import FlipRateCallback
 from bso_lightning.checkpoint_io import AtomicCheckpointIO
-from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, read_checkpoint
+from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, check_model_bounds, read_checkpoint
 from datamodules.base import DataFileError
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 #: Errors ``main`` reports as one line (the full traceback with ``BSO_DEBUG=1``): bad arguments, files and data,
 #: and the environment's (``OSError``: a full disk, a folder that cannot be written, no network).
 USER_ERRORS = (ValueError, OSError, FloatingPointError, DataFileError, MisconfigurationException)
-#: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's).
-RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer")
+#: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's; T fixes
+#: the per-time-step optimizer state and BatchNorm statistics).
+RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer", "time_steps")
 
 #: The quick start (README command 1, configs/quickstart.yaml): 8 epochs of a width-16 small_cnn, measured to
 #: reach >= 98% test accuracy in under 60 s on one core (benchmarks/quickstart_time.py).
@@ -76,6 +77,8 @@ class BSOLightningCLI(LightningCLI):
         config = self.config[subcommand]
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True  # explicit: never a full unpickle unless `--weights_only false`
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = str(resolve_last_checkpoint(config))
         if config.get("ckpt_path"):
             check_ckpt_path(config["ckpt_path"], trusted=config.get("weights_only") is False)
 
@@ -93,15 +96,28 @@ class BSOLightningCLI(LightningCLI):
             saved = read_checkpoint(path).get("hyper_parameters")
             if isinstance(saved, Mapping):
                 check_saved_class_path(saved, path)
+                check_model_bounds(saved, path)  # before LightningCLI builds the model the file describes
                 defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
                 check_explicit_model_arguments(config["model"], saved, path, defaults)
         super()._parse_ckpt_path()
+        if path and Path(path).is_file():
+            self._resumed_pretrained = _drop_pretrained(self.config[subcommand]["model"], path)
+
+    def instantiate_classes(self) -> None:
+        """Build the model (and the rest); a resumed fine-tune keeps ``pretrained`` in its hyper-parameters, but
+        the file is not read (:func:`_drop_pretrained`)."""
+        super().instantiate_classes()
+        pretrained = getattr(self, "_resumed_pretrained", None)
+        if pretrained is not None and "pretrained" in getattr(self.model, "hparams", {}):
+            self.model.hparams["pretrained"] = pretrained  # provenance kept in the checkpoints of the resumed run
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # (not a CheckpointIO the user chose)
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a full disk leaves no truncated checkpoint
         claim_log_versions(trainer)
+        if self.subcommand in (None, "fit"):
+            claim_checkpoint_folder(trainer)
         if not any(isinstance(callback, FlipRateCallback) for callback in trainer.callbacks):
             # every run's summary gets the end-of-training flip rate (flips/final); idle for the baselines
             trainer.callbacks.append(FlipRateCallback(require_binary_optimizer=False))
@@ -156,7 +172,7 @@ def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], 
         and plain(key, init_args[key]) != plain(key, saved[key])
     ]
     if conflicts:
-        raise CheckpointError(path, f"is resumed with its own architecture, but {'; '.join(conflicts)} was given. "
+        raise CheckpointError(path, f"is resumed with its own architecture and time steps, but {'; '.join(conflicts)} was given. "
                                     "Drop that argument to resume, or start a new run without --ckpt_path "
                                     "(--model.init_args.pretrained starts from its weights, same architecture).")
 
@@ -182,6 +198,86 @@ def claim_log_versions(trainer: Any) -> None:
             except FileExistsError:
                 version += 1
         logger._version = version
+
+
+def _drop_pretrained(model_config: Any, path: Any) -> Optional[str]:
+    """On resume the checkpoint's weights win: set ``init_args.pretrained`` (the fine-tune's starting weights, which
+    LightningCLI copies from the checkpoint's hyper-parameters) to None so that the file is not read — it may be
+    gone. Returns the value that was dropped."""
+    for holder in (getattr(model_config, "init_args", None), getattr(model_config, "dict_kwargs", None)):
+        pretrained = holder.get("pretrained") if holder is not None else None
+        if pretrained:
+            holder["pretrained"] = None
+            log.info("resuming from %s: its weights are used, pretrained=%s is not read", path, pretrained)
+            return pretrained
+    return None
+
+
+#: Where ``--ckpt_path last`` looks, relative to the run's root folder (``--trainer.default_root_dir``, a logger's
+#: ``save_dir``): the folders this CLI's runs write checkpoints to, with a logger and without.
+LAST_CHECKPOINT_PATTERNS = ("*/version_*/checkpoints/*.ckpt", "checkpoints/version_*/*.ckpt", "checkpoints/*.ckpt")
+
+
+def _logger_save_dirs(logger_config: Any) -> list[str]:
+    configs = logger_config if isinstance(logger_config, list) else [logger_config]
+    save_dirs = []
+    for config in configs:
+        init_args = getattr(config, "init_args", None) or (config.get("init_args") if isinstance(config, dict) else None)
+        save_dir = init_args.get("save_dir") if init_args is not None else None
+        if save_dir and "://" not in str(save_dir):
+            save_dirs.append(str(save_dir))
+    return save_dirs
+
+
+def resolve_last_checkpoint(config: Mapping[str, Any]) -> Path:
+    """The file ``--ckpt_path last`` means: the newest ``*.ckpt`` (``last.ckpt``, ``interrupted.ckpt``, epoch
+    checkpoints) of the run's root folder (:data:`LAST_CHECKPOINT_PATTERNS`). Every run claims a new
+    ``version_N`` folder, so Lightning's own ``"last"`` (the current run's folder) never finds one and trains from
+    scratch. Raises ``FileNotFoundError`` saying where it looked when there is none."""
+    trainer = config.get("trainer") or {}
+    roots = [str(trainer.get("default_root_dir") or os.getcwd()), *_logger_save_dirs(trainer.get("logger"))]
+    roots = list(dict.fromkeys(roots))
+    searched = [os.path.join(root, pattern) for root in roots for pattern in LAST_CHECKPOINT_PATTERNS]
+    found = [p for root in roots for pattern in LAST_CHECKPOINT_PATTERNS for p in Path(root).glob(pattern) if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"--ckpt_path last: no checkpoint (*.ckpt) in {', '.join(searched)}; give the "
+                                "checkpoint's path, or the run's --trainer.default_root_dir")
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    log.warning("--ckpt_path last: resuming from %s (the newest of %d checkpoints found)", newest, len(found))
+    return newest
+
+
+def claim_checkpoint_folder(trainer: Any) -> None:
+    """Without a logger, Lightning writes every run's checkpoints to ``<default_root_dir>/checkpoints`` under the
+    same names (``interrupted.ckpt``, ``last.ckpt``, ``epoch=...``; LightningCLI's ``config.yaml`` made a second run
+    fail): give this run its own ``checkpoints/version_N`` folder (claimed with ``os.mkdir``, as
+    :func:`claim_log_versions` does) for every ``ModelCheckpoint`` and :class:`CheckpointOnInterrupt` without an
+    explicit ``dirpath``, and write the run's ``config.yaml`` there."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    if trainer.loggers or rank_zero_only.rank != 0:
+        return
+    callbacks = [c for c in trainer.callbacks
+                 if isinstance(c, (ModelCheckpoint, CheckpointOnInterrupt)) and c.dirpath is None]
+    if not callbacks:
+        return
+    root = os.path.join(str(trainer.default_root_dir), "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    version = 0
+    while True:
+        folder = os.path.join(root, f"version_{version}")
+        try:
+            os.mkdir(folder)
+            break
+        except FileExistsError:
+            version += 1
+    for callback in callbacks:
+        callback.dirpath = folder
+    for callback in trainer.callbacks:  # the run's config.yaml too (it went to <default_root_dir>/config.yaml, so a
+        if isinstance(callback, SaveConfigCallback) and callback.save_to_log_dir:  # second run failed on it)
+            callback.parser.save(callback.config, os.path.join(folder, callback.config_filename), skip_none=False,
+                                 overwrite=callback.overwrite, multifile=callback.multifile)
+            callback.save_to_log_dir = False
 
 
 def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightningCLI:

@@ -48,7 +48,7 @@ from bso_lightning.atomic import atomic_file, refuse_overwriting
 from bso_lightning.models import ARCHITECTURES, ModelSpec, build_model, model_size_bytes
 from bso_lightning.nn.packed import binary_shape, is_packed
 from bso_lightning.nn.routing import split_parameters
-from bso_lightning.tasks.faults import read_checkpoint
+from bso_lightning.tasks.faults import check_model_bounds, read_checkpoint
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
            "model_spec_from_hparams", "main"]
@@ -451,6 +451,7 @@ def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
     if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
         raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch "
                          "or state_dict)")
+    check_model_bounds(hparams, checkpoint)  # CheckpointError naming the file and the field, before building
     arch, kwargs = model_spec_from_hparams(hparams)
     model = build_model(arch, **kwargs)
     prefix = "model."

@@ -4,6 +4,7 @@ training DataLoader whose position inside the epoch is saved in checkpoints (exa
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Iterable, Iterator, Optional, Sized
 
 import torch
@@ -37,7 +38,7 @@ class ResumableDataLoader(DataLoader):
     """A training DataLoader that Lightning checkpoints mid-epoch and resumes exactly.
 
     Lightning stores ``state_dict()`` of a training DataLoader that has one in every checkpoint
-    (``{"epoch", "batches"}``: the batches handed out so far in the current epoch) and hands it back
+    (``{"epoch", "batches", "batch_size"}``: the batches handed out so far in the current epoch) and hands it back
     to ``load_state_dict`` when it resumes. The next pass over that same epoch then skips the batches
     already trained on (only their indices are drawn, no sample is read), so a run resumed from a
     mid-epoch checkpoint sees exactly the batches an uninterrupted run would.
@@ -50,15 +51,15 @@ class ResumableDataLoader(DataLoader):
     * The dataset must be sized (map-style): Lightning then fetches exactly the batches it trains on.
     """
 
-    _resume_from: Optional[tuple[Optional[int], int]] = None
+    _resume_from: Optional[tuple[Optional[int], int, Optional[int]]] = None
     _epoch: Optional[int] = None
     _yielded: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "batches": self._yielded}
+        return {"epoch": self._epoch, "batches": self._yielded, "batch_size": self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_from = (state_dict["epoch"], int(state_dict["batches"]))
+        self._resume_from = (state_dict["epoch"], int(state_dict["batches"]), state_dict.get("batch_size"))
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._pass()
@@ -66,9 +67,10 @@ class ResumableDataLoader(DataLoader):
     def _pass(self) -> Iterator[Any]:
         epoch, skip = _sampler_epoch(self), 0
         if self._resume_from is not None:
-            saved_epoch, saved_batches = self._resume_from
+            saved_epoch, saved_batches, saved_size = self._resume_from
             self._resume_from = None
             skip = saved_batches if saved_epoch == epoch else 0
+            _check_resumed_batch_size(saved_size, self.batch_size, skip, epoch)
         self._epoch, self._yielded = epoch, skip
         batches = super().__iter__() if skip == 0 else iter(self._skipping(skip))
         for batch in batches:
@@ -83,6 +85,22 @@ class ResumableDataLoader(DataLoader):
         if self.batch_sampler is not None:
             return DataLoader(self.dataset, batch_sampler=_Skip(self.batch_sampler, skip), **settings)
         return DataLoader(self.dataset, batch_size=None, sampler=_Skip(self.sampler, skip), **settings)
+
+
+def _check_resumed_batch_size(saved: Optional[int], current: Optional[int], skip: int, epoch: Optional[int]) -> None:
+    """A run resumed with another batch size than its checkpoint's: mid-epoch (``skip`` batches to leave out) a
+    ``ValueError`` naming both (the samples already trained are counted in batches of the saved size, so they could
+    not be skipped exactly); at an epoch boundary one warning (the batches to come differ from an uninterrupted
+    run's, and a ``run_*`` schedule's length in batches changes). Checkpoints without a saved size: not checked."""
+    if saved is None or current is None or saved == current:
+        return
+    if skip > 0:
+        raise ValueError(f"the checkpoint was saved after {skip} batches of batch_size={saved} in epoch {epoch}; this "
+                         f"run has batch_size={current}, so the samples already trained cannot be skipped exactly. "
+                         f"Resume with batch_size={saved}, or from an end-of-epoch checkpoint")
+    warnings.warn(f"resumed with batch_size={current}, the checkpoint was trained with batch_size={saved}: the run "
+                  "continues from the epoch boundary, but its batches (and a run_* schedule's length in batches) "
+                  "differ from an uninterrupted run's", UserWarning, stacklevel=3)
 
 
 _LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",

@@ -282,11 +282,54 @@ def write_nir(graph: nir.NIRGraph, path: PathLike) -> int:
     return Path(path).stat().st_size
 
 
+#: Bounds of a NIR file checked before ``nir.read`` loads it (h5py arrays may be compressed: a small file can hold
+#: arrays of any size): all arrays together at most 4 GiB (as float32 the :data:`MAX_MODEL_VALUES` of
+#: ``bso_lightning.tasks.faults``), at most 100,000 groups and arrays, nested at most 32 deep.
+MAX_NIR_ARRAY_BYTES = 2**32
+MAX_NIR_OBJECTS = 100_000
+MAX_NIR_DEPTH = 32
+
+
+def _check_nir_file_bounds(path: Path) -> None:
+    """Walk the HDF5 tree (shapes and dtypes only, no array read) against :data:`MAX_NIR_ARRAY_BYTES`,
+    :data:`MAX_NIR_OBJECTS` and :data:`MAX_NIR_DEPTH`; ``NIRExportError`` naming the file and the array."""
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:  # noqa: BLE001 - h5py raises many kinds
+        raise NIRExportError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from exc
+    with handle:
+        total, objects, stack = 0, 0, [(handle, 0)]
+        while stack:
+            group, depth = stack.pop()
+            for name in group:
+                item = group.get(name, getlink=False)
+                objects += 1
+                where = f"{item.name}" if item is not None else f"{group.name}/{name}"
+                if objects > MAX_NIR_OBJECTS:
+                    raise NIRExportError(f"{path}: more than {MAX_NIR_OBJECTS} groups and arrays; not read")
+                if isinstance(item, h5py.Group):
+                    if depth + 1 > MAX_NIR_DEPTH:
+                        raise NIRExportError(f"{path}: {where}: nested more than {MAX_NIR_DEPTH} deep; not read")
+                    stack.append((item, depth + 1))
+                elif isinstance(item, h5py.Dataset):
+                    nbytes = int(np.prod(item.shape, dtype=np.float64) * item.dtype.itemsize) if item.shape else \
+                        item.dtype.itemsize
+                    total += nbytes
+                    if total > MAX_NIR_ARRAY_BYTES:
+                        raise NIRExportError(f"{path}: {where}: an array of shape {item.shape} ({item.dtype}) brings "
+                                             f"the file's arrays to {total:,} bytes, more than the "
+                                             f"{MAX_NIR_ARRAY_BYTES:,} allowed; not read")
+
+
 def read_nir(path: PathLike) -> nir.NIRGraph:
-    """``nir.read`` with a clear error for a missing or unreadable file."""
+    """``nir.read`` with a clear error for a missing or unreadable file, and bounds checked before any array is
+    read (:func:`_check_nir_file_bounds`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such NIR file")
+    _check_nir_file_bounds(path)
     try:
         return nir.read(str(path))
     except Exception as exc:  # noqa: BLE001 - h5py/nir raise many kinds
@@ -387,6 +430,7 @@ def _import_by_arch(graph: nir.NIRGraph, arch: str, kwargs: dict[str, Any]) -> n
     if _meta(graph, "batchnorm") == "fold":
         raise NIRExportError("a residual graph exported with batchnorm='fold' cannot be rebuilt exactly "
                              "(its convs have no bias); export it with batchnorm='separate'")
+    _check_arch_metadata(arch, kwargs)
     model = build_model(arch, **kwargs)
     modules = dict(model.named_modules())
     loaded: set[str] = set()
@@ -422,6 +466,25 @@ def _import_by_arch(graph: nir.NIRGraph, arch: str, kwargs: dict[str, Any]) -> n
     return model.eval()
 
 
+def _check_arch_metadata(arch: str, kwargs: Any) -> None:
+    """The graph's ``arch``/``arch_kwargs`` metadata held to the packed loader's bounds (a known factory, its own
+    arguments, bounded plain values) and the model they describe to ``MAX_MODEL_VALUES`` (counted on the ``meta``
+    device) before it is built: ``NIRExportError`` naming the field."""
+    from bso_lightning.export import PackedModelError, _check_spec
+    from bso_lightning.models import build_model
+    from bso_lightning.tasks.faults import MAX_MODEL_VALUES
+
+    try:
+        _check_spec("metadata", arch, kwargs)
+    except PackedModelError as exc:
+        raise NIRExportError(str(exc).replace("header.kwargs", "arch_kwargs").replace("header.arch", "arch")) from None
+    with torch.device("meta"):
+        values = sum(t.numel() for t in build_model(arch, **kwargs).state_dict().values())
+    if values > MAX_MODEL_VALUES:
+        raise NIRExportError(f"metadata: arch_kwargs: {arch}(**{kwargs}) has {values:,} values, more than the "
+                             f"{MAX_MODEL_VALUES:,} allowed; not built")
+
+
 def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
     """Our network (``nn.Sequential`` of this library's layers, eval mode) from a NIR graph made by :func:`export_nir`.
 
@@ -430,12 +493,21 @@ def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
     node by node; a residual graph (resnet18) is rebuilt from its ``arch`` metadata and filled node by node.
     """
     if not isinstance(graph, nir.NIRGraph):
-        graph = read_nir(graph)
+        path = graph
+        graph = read_nir(path)
+        try:
+            return import_nir(graph)
+        except NIRExportError as exc:
+            raise NIRExportError(f"{path}: {exc}") from None  # (the file, named once)
     if not _is_chain(graph):
         arch = _meta(graph, "arch")
         if arch is None:
             _chain(graph)  # raises, naming the node where the chain branches
-        return _import_by_arch(graph, str(arch), json.loads(_meta(graph, "arch_kwargs", "{}")))
+        try:
+            kwargs = json.loads(_meta(graph, "arch_kwargs", "{}"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise NIRExportError(f"metadata: arch_kwargs: not a JSON object ({exc})") from None
+        return _import_by_arch(graph, str(arch), kwargs)
     dt = _meta(graph, "dt")
     layers: list[nn.Module] = []
     for name in _chain(graph):

@@ -323,6 +323,75 @@ def check_state_dict_fits(saved: Mapping[str, Any], expected: Mapping[str, Tenso
                               "by hand, or written by other code). Use the checkpoint as it was written.")
 
 
+#: Largest model a file may describe (parameters + buffers, counted on the ``meta`` device before anything is
+#: built): 2**30 values, 4 GiB as float32 — ResNet-18 on ImageNet holds 11.7 M, VGG-11 9.2 M.
+MAX_MODEL_VALUES = 2**30
+#: Bound of every integer factory argument a file gives (``width``, ``num_classes``, ``time_steps``, ...), as in the
+#: packed loader (``bso_lightning.export.MAX_KWARG_INT``).
+MAX_FACTORY_INT = 1_000_000
+
+
+def _check_factory_ints(path: Any, field: str, value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -MAX_FACTORY_INT <= value <= MAX_FACTORY_INT:
+        raise CheckpointError(path, f"{field}: {value} is out of range [-{MAX_FACTORY_INT}, {MAX_FACTORY_INT}]; "
+                                    "nothing was built")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_factory_ints(path, f"{field}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_factory_ints(path, f"{field}[{i}]", item)
+
+
+def count_model_values(hparams: Mapping[str, Any]) -> int:
+    """Values (parameters + buffers) of the model a task with these hyper-parameters builds, counted on the
+    ``meta`` device (no memory allocated), binary weights as dense ones (packing reads values)."""
+    import dataclasses
+
+    from bso_lightning.models.spec import ModelSpec
+
+    spec = dataclasses.replace(ModelSpec.from_hparams(hparams), weight_storage="dense")
+    with torch.device("meta"):
+        model = spec.build()
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def check_model_bounds(hparams: Mapping[str, Any], path: Any = "<checkpoint>") -> None:
+    """Raise :class:`CheckpointError` naming the file and the field if the hyper-parameters of a file describe a
+    model out of bounds — an integer factory argument beyond ±:data:`MAX_FACTORY_INT` (``arch_kwargs.width:
+    200000``) or more than :data:`MAX_MODEL_VALUES` values in all — before anything is allocated (the model is
+    built on the ``meta`` device to count them)."""
+    from bso_lightning.models.spec import FACTORY_HPARAMS
+
+    for key in (*FACTORY_HPARAMS, "time_steps", "arch_kwargs"):
+        if key in hparams:
+            _check_factory_ints(path, f"hyper_parameters.{key}", hparams[key])
+    try:
+        values = count_model_values(hparams)
+    except Exception as error:  # noqa: BLE001 - a factory rejects its arguments in many ways; named with the file
+        raise CheckpointError(path, f"its hyper-parameters do not build a model (arch={hparams.get('arch')!r}, "
+                                    f"arch_kwargs={hparams.get('arch_kwargs')!r}): {type(error).__name__}: "
+                                    f"{_first_line(error)}") from None
+    if values > MAX_MODEL_VALUES:
+        given = ", ".join(f"{k}={hparams[k]!r}" for k in ("arch", "arch_kwargs", "num_classes", "in_channels",
+                                                           "time_steps") if k in hparams)
+        raise CheckpointError(path, f"hyper_parameters ({given}) describe a model of {values:,} values, more than "
+                                    f"the {MAX_MODEL_VALUES:,} allowed (faults.MAX_MODEL_VALUES); nothing was built")
+
+
+def check_same_time_steps(saved: Mapping[str, Any], current: Mapping[str, Any], path: Any = "<checkpoint>") -> None:
+    """Raise :class:`CheckpointError` naming both values if a checkpoint is resumed with another ``time_steps``:
+    T-BSO's second moments, the per-time-step BatchNorm statistics and the run's step counts are per time step.
+    (A fine-tune with another T starts from the weights: ``pretrained``.)"""
+    if "time_steps" in saved and "time_steps" in current and saved["time_steps"] != current["time_steps"]:
+        raise CheckpointError(path, f"was trained with time_steps={saved['time_steps']!r}, this run has "
+                                    f"time_steps={current['time_steps']!r}: a resumed run keeps its T. Resume with "
+                                    f"time_steps={saved['time_steps']!r}, or start a new run from its weights with "
+                                    "pretrained=<checkpoint> (fine-tuning with another T).")
+
+
 def check_binary_weights(saved: Mapping[str, Any], names: Iterable[str], path: Any = "<checkpoint>") -> None:
     """Raise :class:`CheckpointError` if a binary weight ``names`` (``state_dict`` keys) of a checkpoint is not
     exactly ±1 (e.g. the latent weights of a BPTT run, or a full-precision model): BSO/T-BSO cannot resume it."""

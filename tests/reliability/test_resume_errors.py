@@ -52,7 +52,7 @@ def test_hyper_parameters_that_do_not_fit_the_weights(tiny_checkpoint, tmp_path,
 def test_an_explicit_other_architecture_with_ckpt_path_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     """Case 9: LightningCLI silently replaced --model.init_args.arch by the checkpoint's."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match=rf"checkpoint {tiny_checkpoint}: is resumed with its own architecture, "
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tiny_checkpoint}: is resumed with its own architecture and time steps, "
                                               r"but --model\.init_args\.arch='vgg11' \(the checkpoint has 'small_cnn'\)"):
         build_cli(["fit", *TINY, "--ckpt_path", str(tiny_checkpoint), "--model.init_args.arch", "vgg11"])
     assert not (tmp_path / "lightning_logs").exists()
