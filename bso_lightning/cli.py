@@ -38,8 +38,70 @@ RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer", "time_steps")
 QUICKSTART_TRAINER = {"max_epochs": 8, "log_every_n_steps": 10}
 
 
+#: Most values a YAML document (a ``--config`` file, a value on the command line) may expand to, counting every
+#: alias as the copy jsonargparse makes of it: a "billion laughs" document of a few lines expands to 10**9 and used
+#: to exhaust memory. The configs in ``configs/`` hold a few hundred.
+MAX_CONFIG_VALUES = 1_000_000
+BOUNDED_YAML_MODE = "bso_yaml"
+
+
+def expanded_size(value: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """Values in ``value`` with every shared (aliased) list or dict counted as often as it is referenced, without
+    expanding anything (memoised per object); stops counting past ``limit``. A list or dict that contains itself
+    (a recursive alias) counts as ``limit + 1``."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item: Any) -> int:
+        if not isinstance(item, (list, dict)):
+            return 1
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return limit + 1
+        active.add(key)
+        children = item.values() if isinstance(item, dict) else item
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        active.discard(key)
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    return size(value)
+
+
+def bounded_yaml_load(stream: str, path: Optional[str] = None) -> Any:
+    """jsonargparse's YAML loader, refusing a document that expands to more than :data:`MAX_CONFIG_VALUES` values
+    (aliases repeated, or an alias inside itself) with a ``ValueError`` naming the file."""
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    value = yaml_load(stream)
+    if expanded_size(value) > MAX_CONFIG_VALUES:
+        where = f"config {path}" if path else "a YAML value (on the command line, or in a file an option names)"
+        raise ValueError(f"{where}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeated "
+                         "inside one another, or an alias inside itself); refused before it is expanded")
+    return value
+
+
+def _register_bounded_yaml() -> None:
+    import yaml
+    from jsonargparse import set_loader
+
+    set_loader(BOUNDED_YAML_MODE, bounded_yaml_load, exceptions=(yaml.YAMLError,))
+
+
 class BSOArgumentParser(LightningArgumentParser):
-    """jsonargparse's parser whose error output is the error, not the ~40-line usage of every option first."""
+    """jsonargparse's parser whose error output is the error, not the ~40-line usage of every option first, and
+    whose YAML loader is bounded (:func:`bounded_yaml_load`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _register_bounded_yaml()
+        kwargs.setdefault("parser_mode", BOUNDED_YAML_MODE)
+        super().__init__(*args, **kwargs)
 
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bso_lightning.callbacks import FlipRateCallback
-from bso_lightning.cli import build_cli
+from bso_lightning.cli import build_cli, expanded_size, main
 from bso_lightning.nn.packed import PackedBinaryParameter
 from bso_lightning.tasks import OnlineClassifier
 
@@ -80,3 +80,28 @@ def test_root_cause_reports_the_library_error_that_names_the_file_not_the_error_
     plain = ValueError("outer")
     plain.__cause__ = OSError(28, "No space left on device")
     assert isinstance(root_cause(plain), OSError)
+
+
+def _alias_bomb(levels: int) -> str:
+    """A "billion laughs" YAML document: each anchor lists the previous one 10 times (10**levels strings)."""
+    lines = ["a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel:\n  init_args:\n    arch_kwargs: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("document", [_alias_bomb(9), "model:\n  init_args:\n    arch_kwargs: &s {x: *s}\n"],
+                         ids=["billion_laughs", "alias_inside_itself"])
+def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys, document):
+    """It used to grow without bound, then end in a MemoryError (issue 19)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BSO_DEBUG", raising=False)
+    (tmp_path / "bomb.yaml").write_text(document)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "bomb.yaml"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bso-lightning: error: config bomb.yaml: expands to more than 1,000,000 values (YAML aliases "
+                   "repeated inside one another, or an alias inside itself); refused before it is expanded  "
+                   "[ValueError; BSO_DEBUG=1 shows the traceback]"], err
+    # counted without expanding: a_k holds 1 + 10 * size(a_{k-1}) values (11, 111, ..., 111111); model.init_args adds 2
+    assert expanded_size(yaml.safe_load(_alias_bomb(5))) == 1 + (11 + 111 + 1111 + 11111 + 111111) + (111111 + 2)
