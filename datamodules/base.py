@@ -50,6 +50,16 @@ class DataFileError(RuntimeError):
         super().__init__(f"{message}. {remedy}" if remedy else message)
 
 
+def file_stamp(path: Path) -> str:
+    """``"<size>:<mtime_ns>"`` of a file (``"missing"``): what a cache fingerprint records of its content (a file
+    replaced or edited under the same name changes it; hashing every file's bytes would read the whole dataset)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def dataset_not_found(
     name: str, folder: str | Path, expected: str, how: str, problem: str | None = None
 ) -> DatasetNotFoundError:

@@ -9,6 +9,7 @@ serves ``x: [B, T, C, H, W]`` batches with the training transform (crop/flip whe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -18,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, file_stamp
 from datamodules.datasets.frames import (FrameDataset, build_frame_cache, cache_matches, channel_mean_std,
                                          integrate_event_file, write_json)
 
@@ -57,6 +58,13 @@ class EventFrameDataModule(BaseDataModule):
         """Everything the frames depend on (stored in the cache; a change rebuilds it)."""
         raise NotImplementedError
 
+    def _files_fingerprint(self, files: list[str]) -> str:
+        """SHA-1 of the names, sizes and modification times of the files the frames are read from (stored with the
+        cache: a file replaced or edited under the same name rebuilds it). Default: each file under
+        ``events_root``."""
+        stamps = "\n".join(f"{f} {file_stamp(self.events_root / f)}" for f in files)  # type: ignore[attr-defined]
+        return hashlib.sha1(stamps.encode()).hexdigest()
+
     def _cache_name(self) -> str:
         """Folder name of the cache under ``root/bso_cache`` (distinct for distinct settings)."""
         raise NotImplementedError
@@ -87,7 +95,7 @@ class EventFrameDataModule(BaseDataModule):
     # ---------------------------------------------------------------------- preparing
     def prepare_data(self) -> None:
         files, labels, subsets = self._list_samples()
-        settings = self._settings()
+        settings = {**self._settings(), "files_fingerprint": self._files_fingerprint(files)}
         if not cache_matches(self.cache_dir, settings, files):
             if self.cache_dir.exists():
                 log.warning("%s: the frame cache %s does not match the event files; rebuilding it", self.name, self.cache_dir)

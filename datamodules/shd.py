@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import dataset_not_found
+from datamodules.base import dataset_not_found, file_stamp
 from datamodules.datasets import shd as reader
 from datamodules.event_frames import EventFrameDataModule
 
@@ -58,11 +58,15 @@ class SHDDataModule(EventFrameDataModule):
         self.duration = float(duration)
         self._paths: dict[str, Path] = {}
         self._spikes: dict[str, tuple] = {}
-        self._fingerprint: dict[str, int] = {}
+        self._fingerprint: dict[str, str] = {}
 
     def _settings(self) -> dict:
         return {"time_steps": self.time_steps, "time_bins": self.time_bins, "channel_groups": self.channel_groups,
                 "duration": self.duration, "h5_files": self._fingerprint}
+
+    def _files_fingerprint(self, files: list[str]) -> str:
+        """The samples are rows of two HDF5 files, whose sizes and modification times are in :meth:`_settings`."""
+        return "h5_files"
 
     def _cache_name(self) -> str:
         return f"frames_T{self.time_steps}_{self.time_bins}x{self.channel_groups}_{self.duration:g}s"
@@ -95,7 +99,7 @@ class SHDDataModule(EventFrameDataModule):
             raise dataset_not_found("SHD", self.root, _EXPECTED, _HOW)
         files, labels, subsets = [], [], []
         self._paths = paths
-        self._fingerprint = {f"{s}:{p.name}": p.stat().st_size for s, p in paths.items()}  # cache key: the files
+        self._fingerprint = {f"{s}:{p.name}": file_stamp(p) for s, p in paths.items()}  # cache key: the files
         for subset, path in paths.items():
             y = reader.read_labels(path)
             files += [f"{subset}/{i}" for i in range(len(y))]  # sample i of shd_<subset>.h5

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found
+from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found, file_stamp
 from datamodules.datasets import speech_commands as reader
 from datamodules.datasets.speech_commands import (CLASSES_12, KEYWORDS, SUBSETS, VERSION_WORDS, WORDS, WORDS_V1,
                                                   read_wav)
@@ -208,9 +208,9 @@ class SpeechCommandsDataModule(BaseDataModule):
         listing = reader.list_subsets(self.root, self.version, words)
         h = hashlib.sha1()  # names, sizes and modification times: a file replaced or edited rebuilds the cache
         for subset in SUBSETS:
-            h.update("\n".join(f"{rel} {_stamp(self.data_dir / rel)}" for rel, _ in listing[subset]).encode())
+            h.update("\n".join(f"{rel} {file_stamp(self.data_dir / rel)}" for rel, _ in listing[subset]).encode())
         if self.class_set == "12class":
-            h.update("\n".join(f"{name} {_stamp(self.data_dir / reader.NOISE_DIR / name)}"
+            h.update("\n".join(f"{name} {file_stamp(self.data_dir / reader.NOISE_DIR / name)}"
                                for name in reader.noise_files(self.data_dir)).encode())
         fingerprint = h.hexdigest()
         meta_file = self.cache_dir / "meta.json"
@@ -271,12 +271,3 @@ class SpeechCommandsDataModule(BaseDataModule):
         self.train_set = self._load("training")
         self.val_set = self._load("validation")
         self.test_set = self._load("testing")
-
-
-def _stamp(path: Path) -> str:
-    """``"<size>:<mtime_ns>"`` of a file (``"missing"``): what the cache fingerprint records of its content."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"

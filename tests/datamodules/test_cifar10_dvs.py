@@ -241,3 +241,19 @@ def test_first_per_class_split_is_the_authors_file_name_order(private_root):
     assert seeded.cache_dir == dm.cache_dir and seeded.split_file != dm.split_file  # frames shared, splits apart
     with pytest.raises(ValueError, match="split"):
         make(root, split="last")
+
+
+def test_an_event_file_replaced_under_the_same_name_rebuilds_the_cache(private_root):
+    """The cache was keyed by file names only: a recording whose content changed kept its stale frames (issue 19)."""
+    root = private_root("cifar10_dvs")
+    first = make(root)
+    first.setup()
+    rel = first._list_samples()[0][0]
+    index = json.loads((first.cache_dir / "files.json").read_text())["files"].index(rel)
+    before = np.load(first.cache_dir / "frames.npy", mmap_mode="r")[index].copy()
+    events = dict(np.load(first.events_root / rel))
+    np.savez(first.events_root / rel, **{**events, "p": 1 - events["p"]})  # same name, other polarities
+    second = make(root)
+    second.setup()
+    after = np.load(second.cache_dir / "frames.npy", mmap_mode="r")[index]
+    assert np.array_equal(after, before[:, ::-1])  # the two polarity channels swapped: integrated again
