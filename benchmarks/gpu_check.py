@@ -225,9 +225,18 @@ def _optimizer_kwargs(cls_name: str) -> dict[str, Any]:
     return dict(threshold=1.0, betas=(0.9, 0.999)) if cls_name == "TBSO" else dict(threshold=5e-5, beta=0.9)
 
 
+def momentum_float32(state: dict[str, Any]):
+    """The momentum of one tensor's optimizer state as float32 (int8: its codes times their block scales)."""
+    from bso_lightning.optim.functional import dequantize_int8
+
+    m = state["momentum"]
+    return dequantize_int8(m, state["momentum_scale"]) if "momentum_scale" in state else m.float()
+
+
 def step_case(cls_name: str, storage: str, momentum_dtype: str, path: str, device: str, shapes, steps: int,
               seed: int = 0) -> dict[str, Any]:
-    """One variant on ``device`` against the eager CPU step on the same weights, gradients and rounding noise."""
+    """One variant on ``device`` against the eager CPU step on the same weights, gradients and rounding noise
+    (``momentum_dtype``: float32, bfloat16 or int8)."""
     import torch
 
     from bso_lightning.nn.packed import PackedBinaryParameter, binary_signs
@@ -272,7 +281,7 @@ def step_case(cls_name: str, storage: str, momentum_dtype: str, path: str, devic
         for p_ref, p in zip(ref_params, params):
             a, b = binary_signs(p_ref), binary_signs(p).cpu()
             mismatched += int((a != b).sum())
-            m_ref, m = ref.state[p_ref]["momentum"].float(), opt.state[p]["momentum"].float().cpu()
+            m_ref, m = momentum_float32(ref.state[p_ref]), momentum_float32(opt.state[p]).cpu()
             scale = float(m_ref.abs().max()) or 1.0
             momentum_rel = max(momentum_rel, float((m_ref - m).abs().max()) / scale)
             if "v" in ref.state[p_ref]:
@@ -281,7 +290,8 @@ def step_case(cls_name: str, storage: str, momentum_dtype: str, path: str, devic
         flip_count_diffs += int((ref.flip_counts() != opt.flip_counts().cpu()).sum())
         flipped += int(ref.flip_counts().sum())
     total = sum(w.numel() for w in signs) * steps
-    tolerance = 2.0 ** -7 if momentum_dtype == "bfloat16" else 1e-5  # one bfloat16 step / float32 last bits
+    # float32: its last bits; bfloat16: one step of its 8-bit mantissa; int8: one code of 127 per block
+    tolerance = {"float32": 1e-5, "bfloat16": 2.0 ** -7, "int8": 1.0 / 127}[momentum_dtype]
     result = {"optimizer": cls_name, "storage": storage, "momentum_dtype": momentum_dtype, "path": path,
               "steps": steps, "flipped_fraction": flipped / total, "weights_differing": mismatched,
               "flip_count_differences": flip_count_diffs, "momentum_max_rel_diff": momentum_rel,
@@ -315,7 +325,8 @@ def part_correctness(part: dict[str, Any], ctx: dict[str, Any]) -> None:
     # eager ones first (fast), then the compiled ones, the CUDA default (T-BSO, packed, float32) first
     compiled = [("TBSO", "packed", "float32"), ("TBSO", "packed", "bfloat16"), ("TBSO", "dense", "float32"),
                 ("BSO", "packed", "float32"), ("BSO", "dense", "float32"), ("TBSO", "dense", "bfloat16"),
-                ("BSO", "packed", "bfloat16"), ("BSO", "dense", "bfloat16")]
+                ("BSO", "packed", "bfloat16"), ("BSO", "dense", "bfloat16"), ("TBSO", "packed", "int8"),
+                ("BSO", "dense", "int8")]
     variants = [(*v, "eager") for v in compiled] + [(*v, "compiled") for v in compiled]
     shapes = binary_shapes(s["step_arch"], s["step_width"])
     part["shapes"] = [list(x) for x in shapes]

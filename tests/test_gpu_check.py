@@ -44,7 +44,8 @@ def test_smoke_run_writes_every_part(tmp_path):
     a = parts["correctness"]  # every variant against the CPU step, each with flips and identical results
     variants = {(c["optimizer"], c["storage"], c["momentum_dtype"], c["path"]) for c in a["cases"]}
     assert variants == {(o, s, m, p) for o in ("BSO", "TBSO") for s in ("dense", "packed")
-                        for m in ("float32", "bfloat16") for p in ("eager", "compiled")}
+                        for m in ("float32", "bfloat16") for p in ("eager", "compiled")} | {
+        (o, s, "int8", p) for o, s in (("TBSO", "packed"), ("BSO", "dense")) for p in ("eager", "compiled")}
     assert all(c["same"] and c["flipped_fraction"] > 0 and c["device_work_per_step"] > 0 for c in a["cases"])
     assert a["tests"]["status"] == "skipped (no CUDA)" and a["tests"]["counts"]["skipped"] >= 4
 
