@@ -245,7 +245,7 @@ def _workspace(device: torch.device, numel: int, names: tuple[str, ...]) -> dict
     for name in names:
         size = padded // 8 if name == "i32" else padded
         if name not in ws or ws[name].numel() < size:
-            ws[name] = torch.zeros(size, dtype=_WORKSPACE_DTYPES[name], device=device)
+            ws[name] = torch.empty(size, dtype=_WORKSPACE_DTYPES[name], device=device)  # (written before read)
     return ws
 
 
