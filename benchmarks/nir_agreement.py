@@ -28,8 +28,12 @@ from _common import (apply_threads, add_output_args, machine_info, make_trainer,
 CONSUMERS = ("own importer", "snntorch (NIR reset)", "snntorch (subtract)")
 
 
-def train_digits_model(seed: int, epochs: int, image_size: int = 8, width: int = 8, time_steps: int = 4):
-    """A trained ``OnlineClassifier`` (small_cnn, T-BSO) and the digits test split ``(x, y)``."""
+def train_digits_model(seed: int, epochs: int, image_size: int = 8, width: int = 8, time_steps: int = 4,
+                       batchnorm_statistics: str = "pooled"):
+    """A trained ``OnlineClassifier`` (small_cnn, T-BSO) and the digits test split ``(x, y)``.
+
+    ``batchnorm_statistics="pooled"``: a NIR graph is the same at every time step, so a model meant for NIR is
+    trained with one set of BatchNorm statistics (the export of a per-time-step model writes the pooled ones)."""
     import lightning as L
     import torch
 
@@ -39,7 +43,7 @@ def train_digits_model(seed: int, epochs: int, image_size: int = 8, width: int =
     L.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=32, image_size=image_size, seed=seed)
     task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": width}, time_steps=time_steps,
-                            cosine_epochs=epochs, bn_recalibration_batches=4)
+                            cosine_epochs=epochs, bn_recalibration_batches=4, batchnorm_statistics=batchnorm_statistics)
     make_trainer(max_epochs=epochs, limit_val_batches=0).fit(task, datamodule=dm)
     task.eval()
     dm.setup()

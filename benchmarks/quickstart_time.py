@@ -102,7 +102,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the default seed (ignored with --seeds)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="one run per seed (--seed_everything S): the accuracy claim needs several seeds")
     parser.add_argument("--name", default="quickstart_time", help="stem of the result files")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
@@ -113,10 +115,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     info = _common.machine_info()
     info["torch_threads"] = args.threads if args.threads is not None else info["torch_threads"]
     results = []
-    for i in range(args.repeats):
-        r = run_once(extra, args.threads)
+    seeds = args.seeds if args.seeds else [None] * args.repeats
+    for i, seed in enumerate(seeds):
+        r = run_once(extra + ([f"--seed_everything={seed}"] if seed is not None else []), args.threads)
+        r["seed"] = seed
         results.append(r)
-        print(f"  run {i + 1}: command {r['command_s']:.1f} s (CPU {r['command_cpu_s']:.1f} s), "
+        print(f"  run {i + 1}{f' (seed {seed})' if seed is not None else ''}: command {r['command_s']:.1f} s (CPU {r['command_cpu_s']:.1f} s), "
               f"fit + test {r['fit_test_s']:.1f} s (CPU {r['fit_test_cpu_s']:.1f} s), "
               f"test accuracy {r['test_acc']:.2f}%", flush=True)
 
@@ -132,7 +136,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     command = " ".join(["bso-lightning", "fit", *extra])
     text = "\n".join([_common.report_header("Quick start: wall time and test accuracy", info),
                       f"Timed: `{command}` (README command 1 after the install), {len(results)} fresh processes "
-                      f"one after the other; OMP_NUM_THREADS={args.threads or 'unset (torch default)'}.", "",
+                      f"one after the other{f', seeds {args.seeds}' if args.seeds else ' (the default seed)'}; "
+                      f"OMP_NUM_THREADS={args.threads or 'unset (torch default)'}.", "",
+                      "Per run: " + ", ".join(f"{r['test_acc']:.2f}%" + (f" (seed {r['seed']})" if r["seed"] is not None
+                                                                          else "") for r in results) + ".", "",
                       table, "",
                       "CPU s is the user + system time of the command's process. With one thread it is what the "
                       "wall time would be on an otherwise idle core; on a loaded machine the wall time is longer "

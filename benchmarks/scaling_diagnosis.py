@@ -250,6 +250,43 @@ def test_readings(task, loader, train_inputs, time_steps: int) -> dict[str, Any]
             "bn_time_step_spread": time_step_spread(per_t)}
 
 
+READINGS = (("acc_running_bn", "eval, running BN"), ("acc_recalibrated", "eval, BN re-estimated (pooled)"),
+            ("acc_per_time_step_bn", "eval, per-step BN statistics"), ("acc_batch_stats", "test batch's own per-step"))
+
+
+def plot(logs: list[Path], labels: list[str], path: Path) -> None:
+    """Running training accuracy over the run and the four test readings of each logged run (one figure)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(log.read_text().splitlines()[-1]) for log in logs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run, label in zip(runs, labels):
+        rows = run["probes"]
+        ax1.plot([r["batch"] for r in rows], [r["train_acc_running"] for r in rows], label=label)
+    ax1.set_xlabel("training batch (1 epoch)")
+    ax1.set_ylabel("running training accuracy, %")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    width = 0.8 / len(READINGS)
+    for j, (key, name) in enumerate(READINGS):
+        values = [run["final"].get(key, float("nan")) for run in runs]
+        ax2.bar([i + (j - 1.5) * width for i in range(len(runs))], values, width * 0.9, label=name)
+    ax2.set_xticks(range(len(runs)), labels, fontsize=7)
+    ax2.set_ylabel("test accuracy of the kept weights, %")
+    ax2.set_ylim(0, 100)
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.suptitle("T-BSO, MNIST (30,000 training images, 1 epoch), small_cnn width 16, T = 4", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--optimizer", default="tbso", choices=["tbso", "bso"])
@@ -265,7 +302,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--arch", default="small_cnn")
     parser.add_argument("--save", type=Path, default=None, help="save the trained model's state_dict here")
     parser.add_argument("--log", type=Path, default=None, help="append the final JSON line to this file")
+    parser.add_argument("--plot", type=Path, nargs="+", default=None, metavar="LOG",
+                        help="only plot these --log files (their last run each) into --plot-out")
+    parser.add_argument("--labels", nargs="+", default=None, help="one label per --plot log")
+    parser.add_argument("--plot-out", type=Path, default=_common.RESULTS_DIR / "scaling_diagnosis.png")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.labels or [p.stem for p in args.plot], args.plot_out)
+        return {}
     import lightning as L
     import torch
 

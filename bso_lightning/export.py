@@ -248,7 +248,8 @@ def _check_spec(path: PathLike, arch: Any, kwargs: Any) -> None:
     if not isinstance(kwargs, dict):
         raise _fail(path, "header.kwargs", f"must be an object, got {type(kwargs).__name__}")
     parameters = dict(inspect.signature(ARCHITECTURES[arch]).parameters)
-    parameters["batchnorm_time_steps"] = inspect.signature(build_model).parameters["batchnorm_time_steps"]
+    parameters["batchnorm_time_steps"] = inspect.Parameter("batchnorm_time_steps", inspect.Parameter.KEYWORD_ONLY,
+                                                           default=None)  # (build_model's own argument)
     steps = kwargs.get("batchnorm_time_steps")
     if steps is not None and not (type(steps) is int and 1 <= steps <= MAX_BATCHNORM_TIME_STEPS):
         raise _fail(path, "header.kwargs.batchnorm_time_steps",

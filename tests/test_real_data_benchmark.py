@@ -43,17 +43,42 @@ def test_arrays_only_unpickler_reads_the_mnist_layout_and_refuses_code(tmp_path)
         real_data.load_arrays_pickle(f)
 
 
-def test_results_rebuilt_from_the_printed_lines(tmp_path):
+def _cell(row, method, seed, test, train, running_bn=50.0, flips=None):
+    return {"row": row, "method": method, "seed": seed, "test_acc": test, "test_acc_running_bn": running_bn,
+            "train_acc": train, "flips_final": flips, "seconds": 10.0, "curve": []}
+
+
+def test_matrix_rebuilt_from_the_log_with_per_row_verdicts(tmp_path):
+    import json
+
     real_data = _load()
-    log = tmp_path / "run.log"
-    log.write_text("noise\n"
-                   "  T-BSO                  seed=2: ep 0.4987: test 95.67 / train 91.68, ep 0.9974: test 96.46 / "
-                   "train 94.29  [801 s]\n"
-                   "  OTTT (full precision)  seed=0: ep 0.5: test 97.00 / train 95.00  [12 s]\n")
-    runs = real_data.results_from_log(log)
-    assert [(r["method"], r["seed"]) for r in runs] == [("tbso", 2), ("ottt_fp", 0)]
-    assert runs[0]["curve"][1] == {"epoch": 0.9974, "test_acc": 96.46, "train_acc": 94.29}
-    assert runs[0]["test_acc"] == 96.46 and runs[0]["seconds"] == 801.0
-    (tmp_path / "empty.log").write_text("nothing here\n")
-    with pytest.raises(SystemExit, match="no run lines"):
-        real_data.results_from_log(tmp_path / "empty.log")
+    log = tmp_path / "matrix.jsonl"
+    cells = [_cell("mnist28-w16-e1", "tbso", 0, 95.0, 91.0, flips=0.002), _cell("mnist28-w16-e1", "tbso", 1, 96.0, 92.0),
+             _cell("mnist28-w16-e1", "ottt_fp", 0, 97.5, 95.0), _cell("mnist28-w16-e1", "bso", 0, 80.0, 90.0),
+             _cell("digits16-w16-e8", "tbso", 0, 98.0, 97.0)]
+    log.write_text("a line that is not a cell\n" + "\n".join(json.dumps(c) for c in cells) + "\n")
+    read = real_data.read_log([log])
+    assert read == cells
+    table, verdicts, summary = real_data.summarise(read, ["mnist28-w16-e1", "digits16-w16-e8"], ["tbso", "bso", "ottt_fp"])
+    assert summary["mnist28-w16-e1"]["tbso"] == {"test": 95.5, "min": 95.0, "gap": -4.0, "n": 2}
+    tbso_line = next(line for line in table.splitlines() if "mnist28-w16-e1" in line and "| T-BSO " in line)
+    assert "95.50 ± 0.71" in tbso_line and "0.200%" in tbso_line  # mean ± std over the seeds; flips/final
+    assert any("T-BSO − OTTT-FP -2.00 points (goal ≥ −2: met)" in v for v in verdicts)
+    assert any("BSO − OTTT-FP -17.50 points (goal ≥ −2: MISSED)" in v for v in verdicts)
+    assert any("BSO test is 10.00 points below its running training accuracy" in v for v in verdicts)
+    assert not any(v.startswith("- digits16") for v in verdicts)  # no OTTT-FP cell there: no verdict
+    (tmp_path / "empty.jsonl").write_text("nothing here\n")
+    with pytest.raises(SystemExit, match="no cells"):
+        real_data.read_log([tmp_path / "empty.jsonl"])
+
+
+@pytest.mark.parametrize("name, expected", [("mnist28-w16-e1", {"data": "mnist", "image_size": 28, "width": 16,
+                                                                  "epochs": 1}),
+                                            ("digits16-w32-e8", {"data": "digits", "image_size": 16, "width": 32,
+                                                                 "epochs": 8})])
+def test_rows_parse_and_bad_rows_are_refused(name, expected):
+    real_data = _load()
+    assert real_data.parse_row(name) == expected
+    for bad in ("mnist28-w16", "cifar32-w16-e1", "mnist56-w16-e1"):
+        with pytest.raises(SystemExit, match="row"):
+            real_data.parse_row(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -65,7 +66,8 @@ def test_graph_holds_binary_weights_lif_parameters_and_time_step(trained, tmp_pa
     write_nir(export_nir(task, (1, 8, 8), dt=2e-3), path)
     graph = nir.read(str(path))
     assert graph.metadata["dt"] == 2e-3 and graph.metadata["time_steps"] == task.hparams.time_steps
-    kinds = [type(graph.nodes[str(i)]).__name__ for i in range(len(task.model))]
+    kinds = [type(graph.nodes[name]).__name__ for name, _ in task.model.named_children() if name != "stem_pool"]
+    assert "stem_pool" not in graph.nodes  # 8×8 input: small_cnn's stem pool is the identity, no node
     assert kinds[:3] == ["Conv2d", "Conv2d", "LIF"] and kinds[-2:] == ["Flatten", "Affine"]
     binary = [n for n in graph.nodes.values() if n.metadata.get("bso_layer") in ("binary_conv", b"binary_conv")]
     assert binary and all(set(np.unique(n.weight)) <= {-1.0, 1.0} for n in binary)
@@ -196,3 +198,24 @@ def test_cli_refuses_to_overwrite_its_input_a_folder_and_a_wrong_input_shape(tra
     err = capsys.readouterr().err
     assert "does not take inputs of shape [3, 8, 8]" in err and err.count("\n") == 1, err
     assert not (tmp_path / "m.nir").exists()
+
+
+def test_export_of_per_time_step_batchnorm_warns_and_writes_the_pooled_statistics():
+    """A NIR graph is the same at every step: a model with per-step BatchNorm statistics is exported with the pooled
+    ones, and the exporter says so (PooledBatchNormWarning) instead of silently computing something else."""
+    from bso_lightning.interop.nir import PooledBatchNormWarning
+    from bso_lightning.nn.time_step_batchnorm import TimeStepBatchNorm2d
+    from bso_lightning.tasks import OnlineClassifier
+
+    task = OnlineClassifier(arch_kwargs={"width": 4}, time_steps=2)  # the default: per_time_step
+    bn = next(m for m in task.model.modules() if isinstance(m, TimeStepBatchNorm2d))
+    bn.running_mean.fill_(0.25)
+    bn.running_mean_t.fill_(3.0)
+    with pytest.warns(PooledBatchNormWarning, match="pooled over the time steps"):
+        graph = export_nir(task, (1, 8, 8))
+    assert "batchnorm_time_steps" not in graph.metadata["arch_kwargs"]
+    np.testing.assert_array_equal(np.asarray(graph.nodes["1"].metadata["running_mean"]), 0.25)  # pooled, not 3.0
+    pooled = OnlineClassifier(arch_kwargs={"width": 4}, time_steps=2, batchnorm_statistics="pooled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PooledBatchNormWarning)
+        export_nir(pooled, (1, 8, 8))

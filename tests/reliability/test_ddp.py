@@ -18,7 +18,7 @@ def _console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bso_lightning.cli"]
 
 
-@pytest.mark.parametrize("storage, momentum_dtype", [("dense", "float32"), ("packed", "bfloat16")])
+@pytest.mark.parametrize("storage, momentum_dtype", [("dense", "float32"), ("packed", "bfloat16"), ("packed", "int8")])
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, storage, momentum_dtype):
     """Packed weights: DDP does not reduce their gradient (it is no ``.grad``), the classifier all-reduces it before
     the step; ranks that train on different data stay bit-identical only if both flip with the averaged G."""
@@ -47,7 +47,8 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, storage, m
     # optimizer state (momentum, per-t second moments) and schedules on both processes
     # BatchNorm running statistics are per process: DDP broadcasts them from rank 0 before every forward, and each
     # process then updates them with its own batch (validation no longer overwrites them with re-estimated ones)
-    running = ("running_mean", "running_var", "num_batches_tracked")
+    running = ("running_mean", "running_var", "num_batches_tracked", "running_mean_t", "running_var_t",
+               "num_batches_tracked_t")  # (per-time-step statistics: the same, per step)
     models = [{k: v for k, v in r["model"].items() if not k.endswith(running)} for r in ranks]
     assert len(models[0]) < len(ranks[0]["model"])
     assert_same(models[0], models[1], "model")
