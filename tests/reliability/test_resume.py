@@ -54,7 +54,7 @@ def test_loader_resumes_its_epoch_after_the_consumed_batches(num_workers):
     for _ in range(4):
         next(consumed)
     state = loader.state_dict()
-    assert state == {"epoch": 3, "batches": 4}
+    assert state == {"epoch": 3, "batches": 4, "batch_size": 100}
 
     fresh = DigitsDataModule(batch_size=100, num_workers=num_workers)
     fresh.setup("fit")
@@ -64,7 +64,7 @@ def test_loader_resumes_its_epoch_after_the_consumed_batches(num_workers):
     assert len(resumed) == len(full)
     assert _labels(resumed) == full[4:]
     assert _labels(resumed) == full  # only the resumed pass skips
-    assert resumed.state_dict() == {"epoch": 3, "batches": len(full)}
+    assert resumed.state_dict() == {"epoch": 3, "batches": len(full), "batch_size": 100}
 
     other_epoch = fresh.train_dataloader()
     other_epoch.load_state_dict(state)
