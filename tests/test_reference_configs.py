@@ -14,9 +14,9 @@ REFERENCE = REPO / "configs" / "reference"
 PAPER_CONFIGS = sorted(p for pattern in ("cifar*.yaml", "imagenet*.yaml", "gsc*.yaml")
                        for p in (REPO / "configs").glob(pattern))
 AUTHORS = {"trace": "ndot_reference", "eps_placement": "outside", "reset_momentum_on_flip": True, "momentum": 0.0,
-           "lr_schedule": "constant", "schedule_offset": 1}
+           "lr_schedule": "constant", "schedule_offset": 1, "batchnorm_statistics": "pooled"}
 PAPER = {"trace": "ndot", "eps_placement": "inside", "reset_momentum_on_flip": False, "momentum": 0.9,
-         "lr_schedule": "cosine", "schedule_offset": 0}
+         "lr_schedule": "cosine", "schedule_offset": 0, "batchnorm_statistics": "pooled"}
 
 
 def _parse(monkeypatch, tmp_path, *configs: Path):
@@ -41,8 +41,8 @@ def test_paper_configs_state_what_they_follow_and_use_the_authors_trace(config):
     assert "Follows the paper" in text and "configs/reference/authors.yaml" in text
     args = yaml.safe_load(text)["model"]["init_args"]
     assert args["trace"] == "ndot_reference"
-    assert {k: args[k] for k in ("momentum", "lr_schedule", "schedule_offset")} == \
-        {k: PAPER[k] for k in ("momentum", "lr_schedule", "schedule_offset")}
+    keys = ("momentum", "lr_schedule", "schedule_offset", "batchnorm_statistics")  # (the paper's BatchNorm: pooled)
+    assert {k: args[k] for k in keys} == {k: PAPER[k] for k in keys}
     assert args.get("eps_placement", "inside") == "inside"
 
 
