@@ -340,11 +340,20 @@ _compiled: dict[str, Callable[..., None]] = {}
 def _compiled_fn(name: str) -> Callable[..., None]:
     """``torch.compile`` of :func:`_bso_tensors` / :func:`_tbso_tensors`, built on first use (takes seconds)."""
     if name not in _compiled:
-        compiled = torch.compile({"bso": _bso_tensors, "tbso": _tbso_tensors}[name], dynamic=None)
+        fn = {"bso": _bso_tensors, "tbso": _tbso_tensors}[name]
+        compiled = torch.compile(fn, dynamic=None)
+
+        def static_shapes(*args: object) -> None:  # (its own frame: dynamo keeps its compiled code apart)
+            fn(*args)
+
+        # an int8 momentum's blocks ([n / 256, 256] views) fail to lower in inductor once sizes become symbolic
+        # (LoweringException in aten.reshape): compiled for fixed shapes, one variant per set of tensor sizes
+        compiled_static = torch.compile(static_shapes, dynamic=False)
 
         def call(*args: object) -> None:
+            int8 = any(scale is not None for scale in args[4])  # (args[4]: the momentum scales)
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                compiled(*args)
+                (compiled_static if int8 else compiled)(*args)
 
         _compiled[name] = call
     return _compiled[name]
