@@ -348,7 +348,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                f"batch {args.batch_size}, T = {args.time_steps}; digits: the quick start's data (batch 32, 16×16); "
                f"small_cnn of the row's width; every method with its class defaults"
                f"{' (BSO/T-BSO with ' + str(args.overrides) + ')' if args.overrides else ''}; BPTT: Adam lr "
-               f"{args.bptt_latent_lr:g} on latent weights; one torch thread per cell, {args.jobs} cell(s) at a time")
+               f"{args.bptt_latent_lr:g} on latent weights; one torch thread per cell, "
+               + ("the cells as logged (each with its machine, date and load)" if args.from_log
+                  else f"{args.jobs} cell(s) at a time"))
     text = "\n".join([
         _common.report_header("Quality matrix: the library's defaults on real data", info),
         f"Setting: {setting}." + (f" ({info['note']}.)" if info.get("note") else ""), "",

@@ -9,7 +9,9 @@ pytest. Hypothesis runs derandomized by default (profile ``ci``: the same exampl
 from __future__ import annotations
 
 import os
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from types import ModuleType
 from typing import Any, Optional
 
@@ -32,6 +34,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: The tiny online classifier of the task and reliability tests: T = 2, an 8-channel small CNN.
 TINY_TASK: dict[str, Any] = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (loaded by path: ``benchmarks`` is no package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_task(cls: type[TimeSteppedClassifier] = OnlineClassifier, seed: Optional[int] = None,

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_real_data", REPO / "benchmarks" / "real_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_data")
 
 
 def test_arrays_only_unpickler_reads_the_mnist_layout_and_refuses_code(tmp_path):

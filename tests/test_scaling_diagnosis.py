@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bso_lightning.tasks import OnlineClassifier
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_scaling_diagnosis",
-                                                  REPO / "benchmarks" / "scaling_diagnosis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling_diagnosis")
 
 
 def test_per_step_statistics_and_the_four_readings():

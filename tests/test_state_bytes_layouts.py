@@ -2,19 +2,13 @@
 4 / 2 / 1 + 4/256 momentum bytes, no step buffers and no binary gradient left between steps."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.conftest import load_benchmark
 
 
 def _state_bytes():
-    spec = importlib.util.spec_from_file_location("benchmark_state_bytes", BENCHMARKS / "state_bytes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("state_bytes")
 
 
 @pytest.mark.parametrize("momentum_dtype, momentum_bytes", [("float32", 4.0), ("bfloat16", 2.0), ("int8", 1.0)])

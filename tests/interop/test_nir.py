@@ -162,13 +162,18 @@ def test_bad_models_and_graphs_are_named(tmp_path):
         read_nir(bad)
 
 
+def _save_checkpoint(task, path):
+    """``task`` as a Lightning checkpoint at ``path`` (a trainer that only connects and saves)."""
+    trainer = L.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=path.parent)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def test_cli_exports_a_checkpoint(trained, tmp_path, capsys):
     _, task, x, _ = trained
-    trainer = L.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.strategy.connect(task)
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = _save_checkpoint(task, tmp_path / "m.ckpt")
     out = tmp_path / "m.nir"
     assert main([str(ckpt), str(out), "--input-shape", "1", "8", "8"]) == 0
     assert "NIR nodes" in capsys.readouterr().out
@@ -181,11 +186,7 @@ def test_cli_exports_a_checkpoint(trained, tmp_path, capsys):
 def test_cli_refuses_to_overwrite_its_input_a_folder_and_a_wrong_input_shape(trained, tmp_path, capsys):
     """(issue 19) One-line errors, and the resumable checkpoint is never replaced by the export."""
     _, task, _, _ = trained
-    trainer = L.Trainer(accelerator="cpu", max_epochs=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.strategy.connect(task)
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = _save_checkpoint(task, tmp_path / "m.ckpt")
     before = ckpt.read_bytes()
     (tmp_path / "link.ckpt").symlink_to(ckpt)
     for out, message in [(ckpt, "is the input"), (tmp_path / "link.ckpt", "is the input"),
