@@ -240,6 +240,26 @@ def summarise(cells: list[dict[str, Any]], rows: list[str], methods: list[str]) 
     return table, verdicts, summary
 
 
+def compact_table(cells: list[dict[str, Any]], rows: list[str], methods: list[str]) -> str:
+    """One line per row: each method's mean test accuracy (minimum over seeds, seeds), and the row's verdict."""
+    lines = []
+    for row in rows:
+        cell_texts, means = [], {}
+        for m in methods:
+            test = [c["test_acc"] for c in cells if c["row"] == row and c["method"] == m]
+            means[m] = mean_std(test)[0] if test else None
+            cell_texts.append(f"{means[m]:.2f} (min {min(test):.2f}, {len(test)})" if test else "—")
+        gaps = [c["train_acc"] - c["test_acc"] for c in cells if c["row"] == row]
+        fp = means.get("ottt_fp")
+        worst = min((means[m] - fp for m in ("tbso", "bso") if means.get(m) is not None), default=None) \
+            if fp is not None else None
+        verdict = "—" if worst is None else (
+            f"{'met' if worst >= -GOAL_VS_FULL_PRECISION and max(gaps) <= GOAL_TRAIN_TEST_GAP else 'MISSED'} "
+            f"(worst binary − OTTT-FP {worst:+.2f}; max train − test {max(gaps):+.2f})")
+        lines.append([row, *cell_texts, verdict])
+    return markdown_table(["row", *(f"{METHODS[m]}: test % (min, seeds)" for m in methods), "goal"], lines)
+
+
 def plot(cells: list[dict[str, Any]], rows: list[str], methods: list[str], path: Path, title: str) -> None:
     """Test accuracy per row and method: bars at the mean, a dot per seed."""
     import matplotlib
@@ -357,7 +377,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         "Test accuracy of the kept weights (eval mode, BatchNorm re-estimated), mean ± sample std over seeds and the "
         "minimum; with training's running BatchNorm statistics; running training accuracy of the last epoch; "
         "flip rate of the last 10 batches per optimizer step:", "", table, "",
-        *(verdicts or ["- every row meets both goals"]),
+        *(verdicts or ["- every row meets both goals"]), "",
+        f"Per row (goal: BSO and T-BSO within {GOAL_VS_FULL_PRECISION:.0f} points of OTTT-FP, test never more than "
+        f"{GOAL_TRAIN_TEST_GAP:.0f} points below the running training accuracy):", "",
+        compact_table(cells, rows, args.methods),
     ])
     print("\n" + text, flush=True)
     _common.write_results(out, args.name, text, {"machine": info, "setting": vars(args) | {

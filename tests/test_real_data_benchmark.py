@@ -61,6 +61,10 @@ def test_matrix_rebuilt_from_the_log_with_per_row_verdicts(tmp_path):
     assert any("BSO − OTTT-FP -17.50 points (goal ≥ −2: MISSED)" in v for v in verdicts)
     assert any("BSO test is 10.00 points below its running training accuracy" in v for v in verdicts)
     assert not any(v.startswith("- digits16") for v in verdicts)  # no OTTT-FP cell there: no verdict
+    compact = real_data.compact_table(read, ["mnist28-w16-e1", "digits16-w16-e8"], ["tbso", "bso", "ottt_fp"])
+    row = next(line for line in compact.splitlines() if line.startswith("| mnist28"))
+    assert "95.50 (min 95.00, 2)" in row and "MISSED (worst binary − OTTT-FP -17.50; max train − test +10.00)" in row
+    assert "| —" in next(line for line in compact.splitlines() if line.startswith("| digits16"))
     (tmp_path / "empty.jsonl").write_text("nothing here\n")
     with pytest.raises(SystemExit, match="no cells"):
         real_data.read_log([tmp_path / "empty.jsonl"])
