@@ -174,14 +174,18 @@ def run_cell(row_name: str, method: str, seed: int, args) -> dict[str, Any]:
 
 
 def read_log(paths: list[Path]) -> list[dict[str, Any]]:
-    """The cells appended to ``--log`` files (one JSON object per line; other lines are ignored)."""
+    """The cells appended to ``--log`` files (one JSON object per line; other lines are ignored; a cell logged twice
+    counts once)."""
     import json
 
-    cells = []
+    cells: dict[tuple, dict[str, Any]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             if line.startswith("{"):
-                cells.append(json.loads(line))
+                cell = json.loads(line)
+                key = (cell["row"], cell["method"], cell["seed"], json.dumps(cell.get("overrides", {}), sort_keys=True))
+                cells.setdefault(key, cell)  # a cell run twice counts once (the first; the runs are deterministic)
+    cells = list(cells.values())
     if not cells:
         raise SystemExit(f"no cells in {', '.join(map(str, paths))}")
     return cells
