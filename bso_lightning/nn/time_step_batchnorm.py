@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based.base import MemoryModule
 from torch import Tensor, nn
 
-__all__ = ["TimeStepBatchNorm2d", "use_time_step_batchnorm_", "set_batchnorm_time_steps_"]
+__all__ = ["TimeStepBatchNorm2d", "use_time_step_batchnorm_"]
 
 
 class TimeStepBatchNorm2d(nn.BatchNorm2d, MemoryModule):
@@ -109,13 +109,3 @@ def use_time_step_batchnorm_(model: nn.Module, time_steps: int) -> nn.Module:
             use_time_step_batchnorm_(child, time_steps)
     return model
 
-
-def set_batchnorm_time_steps_(model: nn.Module, time_steps: int) -> None:
-    """Resize the per-step statistics of every :class:`TimeStepBatchNorm2d` to ``time_steps`` slots (kept slots
-    stay, new ones copy the last)."""
-    for m in model.modules():
-        if isinstance(m, TimeStepBatchNorm2d) and m.time_steps != time_steps:
-            index = torch.arange(time_steps, device=m.running_mean_t.device).clamp(max=m.time_steps - 1)
-            m.running_mean_t = m.running_mean_t.index_select(0, index)
-            m.running_var_t = m.running_var_t.index_select(0, index)
-            m.num_batches_tracked_t = m.num_batches_tracked_t.index_select(0, index)

@@ -10,7 +10,7 @@ from torch.optim.swa_utils import update_bn
 
 from bso_lightning.models import build_model
 from bso_lightning.nn.time_step_batchnorm import (
-    TimeStepBatchNorm2d, set_batchnorm_time_steps_, use_time_step_batchnorm_,
+    TimeStepBatchNorm2d, use_time_step_batchnorm_,
 )
 
 
@@ -94,8 +94,6 @@ def test_update_bn_re_estimates_every_slot_and_state_dicts_convert():
     short = TimeStepBatchNorm2d(4, time_steps=5)
     short.load_state_dict(bn.state_dict())
     assert torch.equal(short.running_mean_t[4], bn.running_mean_t[2])
-    set_batchnorm_time_steps_(model, 1)
-    assert bn.running_mean_t.shape == (1, 4)
 
 
 def test_build_model_and_invalid_time_steps():
