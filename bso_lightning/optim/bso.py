@@ -39,7 +39,7 @@ class BSO(BinaryOptimizer):
 
     def __init__(self, params: Iterable[Any], threshold: float = 5e-7, beta: float = 0.999,
                  reset_momentum_on_flip: bool = False, fused: bool | None = None,
-                 momentum_dtype: torch.dtype | str = torch.float32, rounding_seed: int = 0) -> None:
+                 momentum_dtype: torch.dtype | str = "float32", rounding_seed: int = 0) -> None:
         defaults = dict(threshold=check_threshold(threshold), beta=check_decay(beta, "beta"),
                         reset_momentum_on_flip=bool(reset_momentum_on_flip))
         super().__init__(params, defaults, fused=fused, momentum_dtype=momentum_dtype, rounding_seed=rounding_seed)

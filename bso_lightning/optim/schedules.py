@@ -4,6 +4,14 @@ The convergence theorem assumes γ and (1 − β) decay like 1/√k (``InverseSq
 authors' scripts multiply them by 0.1 every 50 epochs (``StepDecay(50)``). A decay rule is
 any callable ``k -> factor``. The ``run_*`` rules (:func:`run_decay`) are relative to the run's length
 ``total`` (in batches, say), so one setting behaves the same on a 2-epoch and a 400-epoch run.
+
+The schedule classes (:class:`ConstantSchedule`, :class:`StepSchedule`, :class:`InverseSqrtSchedule`,
+:class:`RunStepSchedule`, :class:`RunExponentialSchedule`, :class:`RunInverseSqrtSchedule`) are what a classifier
+is given (``OnlineClassifier(schedule=...)``, ``class_path``/``init_args`` in YAML, like LightningCLI's
+``LRSchedulerCallable``): each takes the binary optimizer first and its own hyper-parameters after it, and says
+in ``interval`` whether it advances per ``"epoch"`` or per training batch (``"step"``). A ``Run*`` schedule is
+relative to the run: it holds γ and β until :meth:`RunSchedule.set_run_length` gives it the run's length in
+training batches (the classifier does, once the fit loop knows it) and advances once per batch.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -162,8 +170,10 @@ class BinaryHyperparameterScheduler:
     Which unit k counts is the caller's choice: call ``step()`` once per epoch for the authors'
     ``StepDecay(50)``, or once per optimizer step for the theorem's ``InverseSqrtDecay``.
     (Lightning's ``global_step`` counts every ``opt.step()``: 2T per batch with real-time updates
-    and two optimizers.)
+    and two optimizers.) ``interval`` names that unit for a classifier: ``"epoch"`` here.
     """
+
+    interval = "epoch"
 
     def __init__(
         self,
@@ -239,3 +249,89 @@ class BinaryHyperparameterScheduler:
         self.base_thresholds = [float(x) for x in state_dict["base_thresholds"]]
         self.base_one_minus_betas = [float(x) for x in state_dict["base_one_minus_betas"]]
         self._apply()
+
+
+# --------------------------------------------------------------------------- schedule classes
+
+INTERVALS = ("epoch", "step")
+
+
+def _check_interval(interval: Any) -> str:
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    return interval
+
+
+class ConstantSchedule(BinaryHyperparameterScheduler):
+    """γ and β held at the optimizer's values (f(k) = 1)."""
+
+    interval = "epoch"
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(optimizer, ConstantDecay())
+
+
+class StepSchedule(BinaryHyperparameterScheduler):
+    """γ and 1 − β × ``factor`` every ``every`` units (:class:`StepDecay`; the authors: ×0.1 every 50 epochs).
+
+    ``interval``: the unit, ``"epoch"`` or ``"step"`` (one per training batch); ``offset``: delay every step by that
+    many units (the authors' first decayed epoch is 51: ``offset=1``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int = 50, factor: float = 0.1, offset: int = 0,
+                 interval: Literal["epoch", "step"] = "epoch") -> None:
+        self.interval = _check_interval(interval)
+        super().__init__(optimizer, StepDecay(every=every, factor=factor, offset=offset))
+
+
+class InverseSqrtSchedule(BinaryHyperparameterScheduler):
+    """γ and 1 − β × 1/sqrt(1 + k/``scale``) (:class:`InverseSqrtDecay`, the convergence theorem's 1/√k)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0,
+                 interval: Literal["epoch", "step"] = "epoch") -> None:
+        self.interval = _check_interval(interval)
+        super().__init__(optimizer, InverseSqrtDecay(scale=scale))
+
+
+class RunSchedule(BinaryHyperparameterScheduler):
+    """A schedule relative to the run: constant until :meth:`set_run_length`, then ``run_decay(shape, total)``;
+    advances once per training batch (k/total = the fraction of the run's batches done)."""
+
+    interval = "step"
+    shape = "run_exp"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, **decay_args: float) -> None:
+        self.decay_args = decay_args
+        run_decay(self.shape, 1, **decay_args)  # checks the arguments now, not when the run starts
+        super().__init__(optimizer, ConstantDecay())
+
+    def set_run_length(self, total: int) -> None:
+        """Decay over a run of ``total`` training batches, applied at once at the current k (a resumed run's)."""
+        self.decay = run_decay(self.shape, total, **self.decay_args)
+        self._apply()
+
+
+class RunStepSchedule(RunSchedule):
+    """γ and 1 − β × ``factor`` every ``fraction`` of the run (0.125: the authors' 50 of 400 epochs)."""
+
+    shape = "run_step"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fraction: float = 0.125, factor: float = 0.1) -> None:
+        super().__init__(optimizer, fraction=fraction, factor=factor)
+
+
+class RunExponentialSchedule(RunSchedule):
+    """γ and 1 − β decayed log-linearly from 1× to ``final``× over the run (the default; docs/hyperparameters.md)."""
+
+    shape = "run_exp"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, final: float = 1e-3) -> None:
+        super().__init__(optimizer, final=final)
+
+
+class RunInverseSqrtSchedule(RunSchedule):
+    """γ and 1 − β × 1/√k scaled to reach ``final``× at the end of the run."""
+
+    shape = "run_inv_sqrt"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, final: float = 1e-3) -> None:
+        super().__init__(optimizer, final=final)

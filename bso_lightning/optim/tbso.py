@@ -49,7 +49,7 @@ class TBSO(BinaryOptimizer):
 
     def __init__(self, params: Iterable[Any], threshold: float = 5e-7, betas: tuple[float, float] = (0.999, 0.99999),
                  eps: float = 1e-10, eps_placement: str = "inside", fused: bool | None = None,
-                 momentum_dtype: torch.dtype | str = torch.float32, rounding_seed: int = 0) -> None:
+                 momentum_dtype: torch.dtype | str = "float32", rounding_seed: int = 0) -> None:
         defaults = dict(threshold=check_threshold(threshold), betas=check_betas(betas), eps=check_eps(eps),
                         eps_placement=check_eps_placement(eps_placement))
         super().__init__(params, defaults, fused=fused, momentum_dtype=momentum_dtype, rounding_seed=rounding_seed)

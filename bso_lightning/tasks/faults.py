@@ -1,6 +1,6 @@
 """Faults during training: non-finite inputs and gradients.
 
-Non-finite values (``OnlineClassifier(nonfinite=...)``):
+Non-finite values (``OnlineClassifier(loop=OnlineLoop(nonfinite=...))``; :class:`NonFiniteHandler` applies them):
 
 * ``"skip"`` (default): a batch whose input holds NaN/Inf is dropped before the forward pass (a
   :class:`NonFiniteWarning` names it; one host sync per batch for that decision). A non-finite gradient
@@ -142,3 +142,78 @@ def step_if(optimizer: Any, ok: Tensor) -> None:
         for key, value in inner.state[p].items():
             if isinstance(value, Tensor):
                 value.copy_(torch.where(ok, value, old_state[key] if key in old_state else torch.zeros_like(value)))
+
+
+class NonFiniteHandler(torch.nn.Module):
+    """The online classifier's fault handling in one place: what a NaN/Inf input or gradient does during training.
+
+    ``policy`` ``"skip"`` drops a batch whose input is not finite (:meth:`skip_batch`; one host sync per batch) and
+    leaves an update with a non-finite gradient undone (:meth:`step`: BSO/T-BSO skip that tensor, the SGD step is
+    undone on the device by :func:`step_if`); :meth:`end_batch` summarises the dropped batches once per epoch
+    (:func:`report_skipped_batches`, ``max_skipped_fraction``). ``"raise"`` stops with :class:`NonFiniteError` naming
+    the batch, the time step and the culprit. Counts (batches dropped, full-precision steps skipped) live in a
+    buffer that moves with the module (no host sync to count; saved in checkpoints by the classifier).
+    """
+
+    def __init__(self, policy: str = "skip", max_skipped_fraction: float = 0.5) -> None:
+        super().__init__()
+        self.policy = policy
+        self.max_skipped_fraction = max_skipped_fraction
+        # [input batches skipped, full-precision steps skipped]
+        self.register_buffer("counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self._skipped: list[str] = []  # this epoch's dropped batches, summarised once at its end
+        self._batches = 0
+
+    def skip_batch(self, x: Tensor, where: str, strategy: Any) -> bool:
+        """Whether to drop this batch (its input, or another process's, holds NaN/Inf); raises under ``"raise"``."""
+        local = not bool(torch.isfinite(x).all())
+        if not strategy.reduce_boolean_decision(local, all=False):
+            return False
+        what = f"its input holds {describe_nonfinite(x)}" if local else "the batch of another process holds NaN/Inf"
+        if self.policy == "raise":
+            raise NonFiniteError(f"{where}: {what} (nonfinite='raise'; nonfinite='skip' drops such batches)")
+        self._skipped.append(f"{where.split(' of ')[0]}: {what}")
+        self.counts[0] += 1
+        return True
+
+    def step(self, binary_opt: Any, fp_opt: Any, time_step: int, where: str, model: torch.nn.Module,
+             full_precision: Sequence[Tensor]) -> None:
+        """Step both optimizers unless a gradient is not finite (``"skip"``: that update is left undone, no host
+        sync; ``"raise"``: :class:`NonFiniteError` before anything changes, one host sync)."""
+        if self.policy == "raise":
+            grads = [g for g in (binary_grad(p) for p in model.parameters()) if g is not None]
+            if not bool(all_finite(grads)):
+                raise NonFiniteError(
+                    f"{where}, time step {time_step}: the gradient of "
+                    f"{', '.join(nonfinite_gradients(model.named_parameters(prefix='model')))} is not finite "
+                    "(nonfinite='raise'; this step's update was not applied)")
+            binary_opt.step(time_step=time_step)
+            fp_opt.step()
+            return
+        ok = all_finite([p.grad for p in full_precision if p.grad is not None])
+        binary_opt.step(time_step=time_step)  # leaves a tensor with a non-finite update as it is (no sync)
+        step_if(fp_opt, ok)
+        self.counts[1] += ~ok
+
+    def end_batch(self, epoch: int, last_batch: bool) -> None:
+        """Count the batch; after the epoch's last one, summarise (or refuse) the batches it dropped."""
+        self._batches += 1
+        if last_batch:
+            self.end_epoch(epoch)
+
+    def end_epoch(self, epoch: int) -> None:
+        skipped, seen = self._skipped, self._batches
+        self.start_epoch()
+        report_skipped_batches(epoch, skipped, seen, self.max_skipped_fraction)
+
+    def pending(self) -> bool:
+        """Whether batches were dropped since the last summary (an epoch cut short by ``max_steps``)."""
+        return bool(self._skipped)
+
+    def logged(self, binary_opt: Any) -> dict[str, Tensor]:
+        """Cumulative counts to log (no host sync): batches dropped, updates skipped for non-finite gradients."""
+        return {"faults/nonfinite_inputs": self.counts[0].float(),
+                "faults/nonfinite_grads": (binary_opt.nonfinite_counts().sum() + self.counts[1]).float()}
