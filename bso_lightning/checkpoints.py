@@ -11,7 +11,11 @@ Every path that reads a user-given checkpoint goes through here: ``--ckpt_path``
 * :func:`check_model_bounds` holds the hyper-parameters of a file to :data:`MAX_FACTORY_INT` and
   :data:`MAX_MODEL_VALUES` before a model is built; :func:`check_state_dict_fits`, :func:`check_same_time_steps`
   and :func:`check_binary_weights` refuse weights that do not fit their hyper-parameters, another ``time_steps``
-  on resume, or binary weights that are not ±1. See docs/reliability.md.
+  on resume, or binary weights that are not ±1; :func:`check_loaded_state` refuses NaN/Inf weights.
+* The model of a checkpoint: :func:`build_model_from_checkpoint` (the exporters: read, bounded, built from the
+  file's hyper-parameters, loaded) and :func:`load_model_weights` (``pretrained``: into a model that exists).
+
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: Hyper-parameters that fix the shapes of the weights and the layout of the optimizer state:
 #: a checkpoint can only be resumed by a model that agrees on all of them.
@@ -283,3 +287,78 @@ def check_binary_weights(saved: Mapping[str, Any], names: Iterable[str], path: A
                           f"e.g. {example!r}): it was not written by BSO/T-BSO training (latent weights or a "
                           "full-precision model?), so it cannot be resumed. To start a new run from its weights, "
                           "pass it as `--model.init_args.pretrained` (weights are mapped to ±1 by their sign).")
+
+
+# --------------------------------------------------------------------------- the model of a checkpoint
+
+#: Prefix of the network's entries in the ``state_dict`` of a task (``OnlineClassifier.model``).
+MODEL_PREFIX = "model."
+
+
+def model_weights(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's entries of a task checkpoint's ``state_dict``, without the :data:`MODEL_PREFIX`."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+
+
+def task_hparams(checkpoint: Mapping[str, Any], path: Any = "<checkpoint>") -> Mapping[str, Any]:
+    """The hyper-parameters of a task checkpoint; :class:`CheckpointError` naming the file and the field if it has
+    none, or none that name the architecture (``hyper_parameters.arch``)."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or "arch" not in hparams:
+        raise CheckpointError(path, "is not a checkpoint of an OnlineClassifier (no hyper_parameters.arch)")
+    return hparams
+
+
+def check_loaded_state(state: Mapping[str, Any], path: Any) -> None:
+    """Raise :class:`CheckpointError` if a loaded ``state_dict`` holds NaN/Inf (naming each such tensor, with counts)."""
+    bad = [f"{name} ({int(torch.isnan(t).sum())} NaN and {int(torch.isinf(t).sum())} Inf of {t.numel()} values)"
+           for name, t in state.items()
+           if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(path, f"holds non-finite tensors: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+                                    "; it cannot be resumed or used as pretrained weights")
+
+
+def _load_strict(model: nn.Module, weights: Mapping[str, Any], path: Any, built: str) -> None:
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(path, f"its model weights do not fit {built}: {error}") from error
+
+
+def build_model_from_checkpoint(path: Any) -> tuple[nn.Module, Mapping[str, Any]]:
+    """The network of a task checkpoint and the checkpoint's hyper-parameters: read safely
+    (:func:`read_checkpoint`), its size checked (:func:`check_model_bounds`) before the model is built by the
+    factory its hyper-parameters name (``build_model(arch, **kwargs)``, binary weights dense), weights loaded
+    as they are (strict). Every failure is a :class:`CheckpointError` naming the file."""
+    from bso_lightning.models import ModelSpec, build_model
+
+    checkpoint = read_checkpoint(path)
+    hparams = task_hparams(checkpoint, path)
+    check_model_bounds(hparams, path)
+    spec = ModelSpec.from_hparams(hparams)
+    model = build_model(spec.arch, **spec.kwargs)
+    _load_strict(model, model_weights(checkpoint), path, f"{spec.arch}(**{dict(spec.kwargs)})")
+    return model, hparams
+
+
+def load_model_weights(model: nn.Module, path: Any, hparams: Optional[Mapping[str, Any]] = None) -> None:
+    """Load the network weights of a task checkpoint into ``model`` (``OnlineClassifier(pretrained=...)``).
+
+    The file is read safely; its hyper-parameters must agree with ``hparams`` on the architecture
+    (:func:`check_compatible`); non-finite weights are refused; binary weights that are not ±1 (the latent
+    weights of a BPTT run) are mapped to ±1 by their sign. Every failure is a :class:`CheckpointError` naming the file.
+    """
+    from bso_lightning.nn import BinaryLayer, binarize_
+
+    checkpoint = read_checkpoint(path)
+    if hparams is not None and isinstance(checkpoint.get("hyper_parameters"), Mapping):
+        check_compatible(checkpoint["hyper_parameters"], hparams, path)
+    weights = model_weights(checkpoint)
+    check_loaded_state(weights, path)
+    binary_keys = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, BinaryLayer)}
+    for key in binary_keys & weights.keys():
+        if weights[key].is_floating_point():
+            weights[key] = binarize_(weights[key].clone())
+    arch = (hparams or {}).get("arch", type(model).__name__)
+    _load_strict(model, weights, path, f"arch {arch!r}")

@@ -45,10 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from bso_lightning.atomic import atomic_file, refuse_overwriting
+from bso_lightning.checkpoints import build_model_from_checkpoint
 from bso_lightning.models import ARCHITECTURES, ModelSpec, build_model, model_size_bytes
-from bso_lightning.nn.packed import binary_shape, is_packed
+from bso_lightning.nn.packed import binary_shape, is_packed, pack_signs, unpack_signs
 from bso_lightning.nn.routing import split_parameters
-from bso_lightning.tasks.faults import check_model_bounds, read_checkpoint
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
            "model_spec_from_hparams", "main"]
@@ -379,24 +379,20 @@ def read_header(path: PathLike) -> dict[str, Any]:
 
 
 def _pack_binary(name: str, tensor: Tensor) -> bytes:
-    """One binary weight (exactly ±1) at 1 bit each: ``numpy.packbits`` over the C-order flattening, bit 1 for
-    +1, most significant bit first, the last byte zero-padded."""
-    t = tensor.detach().cpu()
-    bad = (t != 1) & (t != -1)
-    if bool(bad.any()):
-        example = t[bad].flatten()[0].item()
-        raise ValueError(f"binary tensor {name!r} holds values other than ±1 (e.g. {example!r}); "
-                         "only exactly ±1 weights can be packed at 1 bit")
-    return np.packbits((t > 0).flatten().numpy()).tobytes()
+    """One binary weight (exactly ±1) at 1 bit each (``nn.packed.pack_signs``: ``numpy.packbits`` order over the
+    C-order flattening, bit 1 for +1, most significant bit first, the last byte zero-padded); ``ValueError``
+    naming the tensor for any other value."""
+    return pack_signs(tensor.detach().cpu(), name).numpy().tobytes()
 
 
 def _unpack_binary(data: bytes, shape: tuple[int, ...], dtype: torch.dtype) -> Optional[Tensor]:
-    """Inverse of :func:`_pack_binary`; ``None`` if the padding bits of the last byte are not zero."""
-    numel = math.prod(shape)
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if bits[numel:].any():
+    """Inverse of :func:`_pack_binary` (``nn.packed.unpack_signs``); ``None`` if the padding bits of the last byte
+    are not zero."""
+    bits = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    padding = (-math.prod(shape)) % 8
+    if padding and int(bits[-1]) & ((1 << padding) - 1):
         return None
-    return torch.from_numpy(bits[:numel].astype(np.float32) * 2 - 1).reshape(shape).to(dtype)
+    return unpack_signs(bits, shape, dtype)
 
 
 def _decode(path: PathLike, i: int, entry: Mapping[str, Any], data: bytes) -> Tensor:
@@ -444,23 +440,15 @@ def load_packed(path: PathLike, map_location: Union[str, torch.device] = "cpu") 
 
 
 def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
-    """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size."""
+    """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size.
+
+    The checkpoint is read and its model built by :func:`bso_lightning.checkpoints.build_model_from_checkpoint`
+    (``weights_only=True``, size bounds before building): a ``CheckpointError`` (a ``ValueError``) names the file.
+    """
     checkpoint = Path(checkpoint)
     refuse_overwriting(checkpoint, out)
-    ckpt = read_checkpoint(checkpoint)  # weights_only=True: CheckpointError (a ValueError) naming the file
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch "
-                         "or state_dict)")
-    check_model_bounds(hparams, checkpoint)  # CheckpointError naming the file and the field, before building
+    model, hparams = build_model_from_checkpoint(checkpoint)
     arch, kwargs = model_spec_from_hparams(hparams)
-    model = build_model(arch, **kwargs)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
     return export_packed(model, out, arch=arch, arch_kwargs=kwargs)
 
 

@@ -16,18 +16,24 @@ from torch import Tensor, nn
 
 from bso_lightning.atomic import PathLike
 from bso_lightning.interop.nir import read_nir
-from bso_lightning.tasks.batch import input_at_time_step
 
 __all__ = ["agreement", "run_sequence", "snntorch_outputs"]
 
 
+def _frame(x: Tensor, t: int) -> Tensor:
+    """The input at step ``t``: frame ``t`` of a ``[B, T, C, H, W]`` batch, else ``x`` itself (static data, as
+    ``OnlineClassifier`` feeds it; written here so that interop imports no LightningModule)."""
+    return x[:, t] if x.dim() == 5 else x
+
+
 def run_sequence(network: nn.Module, x: Tensor, time_steps: int) -> Tensor:
     """Mean output over ``time_steps`` of one of our networks (neurons reset before and after), like
-    ``OnlineClassifier.forward``; ``x`` is ``[B, C, H, W]`` (static) or ``[B, T, C, H, W]``."""
+    ``OnlineClassifier.forward``; ``x`` is ``[B, C, H, W]`` (static: the same input at every step) or
+    ``[B, T, C, H, W]`` (frame t at step t)."""
     from spikingjelly.activation_based import functional
 
     functional.reset_net(network)
-    total = sum(network(input_at_time_step(x, t)) for t in range(time_steps))
+    total = sum(network(_frame(x, t)) for t in range(time_steps))
     functional.reset_net(network)
     return total / time_steps
 
@@ -63,7 +69,7 @@ def snntorch_outputs(graph: Union[nir.NIRGraph, PathLike], x: Tensor, time_steps
                 neuron.mem = torch.zeros(0)  # re-initialised to the input's shape at the first step
             state, total = None, 0.0
             for t in range(time_steps):
-                out, state = net(input_at_time_step(sample.unsqueeze(0), t)[0], state)
+                out, state = net(_frame(sample.unsqueeze(0), t)[0], state)
                 total = total + out
             outs.append(total / time_steps)
     return torch.stack(outs)

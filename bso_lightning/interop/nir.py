@@ -284,7 +284,7 @@ def write_nir(graph: nir.NIRGraph, path: PathLike) -> int:
 
 #: Bounds of a NIR file checked before ``nir.read`` loads it (h5py arrays may be compressed: a small file can hold
 #: arrays of any size): all arrays together at most 4 GiB (as float32 the :data:`MAX_MODEL_VALUES` of
-#: ``bso_lightning.tasks.faults``), at most 100,000 groups and arrays, nested at most 32 deep.
+#: ``bso_lightning.checkpoints``), at most 100,000 groups and arrays, nested at most 32 deep.
 MAX_NIR_ARRAY_BYTES = 2**32
 MAX_NIR_OBJECTS = 100_000
 MAX_NIR_DEPTH = 32
@@ -471,8 +471,8 @@ def _check_arch_metadata(arch: str, kwargs: Any) -> None:
     arguments, bounded plain values) and the model they describe to ``MAX_MODEL_VALUES`` (counted on the ``meta``
     device) before it is built: ``NIRExportError`` naming the field."""
     from bso_lightning.export import PackedModelError, _check_spec
+    from bso_lightning.checkpoints import MAX_MODEL_VALUES
     from bso_lightning.models import build_model
-    from bso_lightning.tasks.faults import MAX_MODEL_VALUES
 
     try:
         _check_spec("metadata", arch, kwargs)
@@ -537,26 +537,19 @@ def import_nir(graph: Union[nir.NIRGraph, PathLike]) -> nn.Sequential:
 
 def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequence[int],
                           dt: float = DEFAULT_DT, batchnorm: BatchNormMode = "separate") -> int:
-    """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size."""
-    from bso_lightning.export import model_spec_from_hparams  # the model spec shared with the packed export
-    from bso_lightning.models import build_model
-    from bso_lightning.tasks.faults import read_checkpoint
+    """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size.
 
+    The checkpoint is read and its model built by :func:`bso_lightning.checkpoints.build_model_from_checkpoint`
+    (``weights_only=True``, size bounds before building): a ``CheckpointError`` (a ``ValueError``) names the file.
+    """
     from bso_lightning.atomic import refuse_overwriting
+    from bso_lightning.checkpoints import build_model_from_checkpoint
+    from bso_lightning.export import model_spec_from_hparams  # the model spec shared with the packed export
 
     checkpoint = Path(checkpoint)
     refuse_overwriting(checkpoint, out)
-    ckpt = read_checkpoint(checkpoint)  # weights_only=True; CheckpointError (a ValueError) naming the file
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    if not isinstance(hparams, Mapping) or "arch" not in hparams or "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint}: not a checkpoint of an OnlineClassifier (no hyper_parameters.arch or state_dict)")
+    model, hparams = build_model_from_checkpoint(checkpoint)
     arch, kwargs = model_spec_from_hparams(hparams)
-    model = build_model(arch, **kwargs)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{checkpoint}: the state_dict does not fit {arch}(**{kwargs}): {exc}") from exc
     try:
         graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"),
                            arch=arch, arch_kwargs=kwargs)

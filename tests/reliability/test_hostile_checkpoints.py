@@ -12,7 +12,7 @@ import torch
 from bso_lightning.cli import build_cli, root_cause
 from bso_lightning.export import main as export_main
 from bso_lightning.tasks import OnlineClassifier
-from bso_lightning.tasks.faults import CheckpointError, check_checkpoint
+from bso_lightning.checkpoints import CheckpointError, check_checkpoint
 from tests.reliability.helpers import digits, make_task, make_trainer
 from tests.reliability.test_bad_input import TINY
 

@@ -11,7 +11,7 @@ import torch
 
 from bso_lightning.cli import build_cli, main
 from bso_lightning.tasks import OnlineClassifier
-from bso_lightning.tasks.faults import CheckpointError
+from bso_lightning.checkpoints import CheckpointError
 from tests.reliability.helpers import digits, make_task, make_trainer
 from tests.reliability.test_bad_input import TINY
 
