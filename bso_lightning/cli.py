@@ -136,6 +136,7 @@ class BSOLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
+        self._given_model = given_model_arguments(parser, args, subcommand)
         config = self.config[subcommand]
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True  # explicit: never a full unpickle unless `--weights_only false`
@@ -159,8 +160,7 @@ class BSOLightningCLI(LightningCLI):
             if isinstance(saved, Mapping):
                 check_saved_class_path(saved, path)
                 check_model_bounds(saved, path)  # before LightningCLI builds the model the file describes
-                defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
-                check_explicit_model_arguments(config["model"], saved, path, defaults)
+                check_explicit_model_arguments(getattr(self, "_given_model", None), saved, path)
         super()._parse_ckpt_path()
         if path and Path(path).is_file():
             self._resumed_pretrained = _drop_pretrained(self.config[subcommand]["model"], path)
@@ -186,13 +186,19 @@ class BSOLightningCLI(LightningCLI):
         return trainer
 
 
-def _class_defaults(class_path: str) -> dict[str, Any]:
-    import importlib
-    import inspect
-
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+def given_model_arguments(parser: LightningArgumentParser, args: Any, subcommand: str) -> Any:
+    """The ``model`` part of what the user gave (command line, ``--config`` files), without any default: parsed
+    again with ``defaults=False``, so that a value equal to the class default is still seen as given."""
+    try:
+        if isinstance(args, Mapping):
+            given = parser.parse_object(dict(args), defaults=False, _skip_validation=True)
+        else:
+            given = parser.parse_args(sys.argv[1:] if args is None else list(args), defaults=False,
+                                      _skip_validation=True)
+    except (Exception, SystemExit) as exc:  # (it parsed with defaults; nothing to check without them)
+        log.debug("arguments not parsed without defaults (%s); resume arguments not checked", exc)
+        return None
+    return given.get(f"{subcommand}.model")
 
 
 def check_saved_class_path(saved: Mapping[str, Any], path: Any) -> None:
@@ -212,17 +218,12 @@ def check_saved_class_path(saved: Mapping[str, Any], path: Any) -> None:
                                     "file and its class, name the class yourself (--model <class_path>).")
 
 
-def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], path: Any,
-                                   parser_defaults: Any = None) -> None:
-    """Raise :class:`CheckpointError` if ``model_config`` (the parsed ``model``: class_path + init_args) sets a
-    :data:`RESUME_FIXED_KEYS` argument to a value other than its default (the parser's ``parser_defaults``, for
-    the same class, else the class signature's) and the checkpoint's hyper-parameters ``saved`` (a value equal to
-    the default cannot be told apart from "not given")."""
-    init_args = dict(getattr(model_config, "init_args", None) or {})
-    class_path = getattr(model_config, "class_path", None)
-    defaults = _class_defaults(class_path) if class_path else {}
-    if parser_defaults is not None and getattr(parser_defaults, "class_path", None) == class_path:
-        defaults.update(dict(getattr(parser_defaults, "init_args", None) or {}))
+def check_explicit_model_arguments(given_model: Any, saved: Mapping[str, Any], path: Any) -> None:
+    """Raise :class:`CheckpointError` if ``given_model`` (the ``model`` the user gave, without defaults:
+    :func:`given_model_arguments`) sets a :data:`RESUME_FIXED_KEYS` argument to a value other than the checkpoint's
+    hyper-parameters ``saved`` — also a value equal to the class default. An argument not given is taken from the
+    checkpoint (LightningCLI)."""
+    init_args = dict(getattr(given_model, "init_args", None) or {})
 
     def plain(key: str, value: Any) -> Any:
         return dict(value or {}) if key == "arch_kwargs" else value
@@ -230,8 +231,7 @@ def check_explicit_model_arguments(model_config: Any, saved: Mapping[str, Any], 
     conflicts = [
         f"--model.init_args.{key}={plain(key, init_args[key])!r} (the checkpoint has {plain(key, saved[key])!r})"
         for key in RESUME_FIXED_KEYS
-        if key in init_args and key in saved and plain(key, init_args[key]) != plain(key, defaults.get(key))
-        and plain(key, init_args[key]) != plain(key, saved[key])
+        if key in init_args and key in saved and plain(key, init_args[key]) != plain(key, saved[key])
     ]
     if conflicts:
         raise CheckpointError(path, f"is resumed with its own architecture and time steps, but {'; '.join(conflicts)} was given. "

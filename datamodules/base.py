@@ -27,7 +27,7 @@ from typing import Optional
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
+from datamodules.sampling import CheckedDataLoader, EpochSeededSampler, ResumableDataLoader, collate_or_fail
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -45,9 +45,12 @@ class DataFileError(RuntimeError):
     """One data file (audio, events, pickle) is unreadable or malformed; ``path`` names it."""
 
     def __init__(self, path: str | Path, reason: str, remedy: str = "") -> None:
-        self.path = Path(path)
+        self.path, self.reason, self.remedy = Path(path), reason, remedy
         message = f"cannot read {self.path}: {reason}"
         super().__init__(f"{message}. {remedy}" if remedy else message)
+
+    def __reduce__(self):  # picklable (a DataLoader worker hands it to the main process: sampling.FailedSample)
+        return type(self), (self.path, self.reason, self.remedy)
 
 
 def file_stamp(path: Path) -> str:
@@ -122,7 +125,7 @@ class BaseDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split")
         # the shuffled (training) loader is resumable mid-epoch: Lightning checkpoints its position
-        return (ResumableDataLoader if shuffle else DataLoader)(
+        return (ResumableDataLoader if shuffle else CheckedDataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
@@ -130,6 +133,7 @@ class BaseDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            collate_fn=collate_or_fail,  # a sample that failed in a worker is raised here, one line (FailedSample)
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found
-from datamodules.safe_files import load_arrays_pickle
+from datamodules.base import BaseDataModule, DataFileError, dataset_not_found
+from datamodules.safe_files import extract_archives, fetch_archive, load_arrays_pickle
 from datamodules.transforms import Cutout
 
 
@@ -86,15 +86,10 @@ class _CIFARDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         if self.download and self._missing_files():
-            # torchvision downloads the archive, checks its md5 and extracts it.
-            self.root.mkdir(parents=True, exist_ok=True)
-            try:
-                self.tv_class(str(self.root), train=True, download=True)
-            except OSError as exc:  # offline (URLError), refused, disk full: one line naming the URL
-                raise DatasetNotFoundError(
-                    f"{self.display_name}: download of {self.tv_class.url} into {self.root} failed "
-                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); retry online, or fetch it yourself and "
-                    f"extract it into {self.root}", self.data_dir) from exc
+            # torchvision's URL and MD5; our download and extraction (no member outside the data folder)
+            archive = fetch_archive(self.tv_class.url, self.root / self.tv_class.filename, md5=self.tv_class.tgz_md5,
+                                    name=self.display_name)
+            extract_archives([archive], self.data_dir, inner=self.folder)
         self._check_files()
 
     def _missing_files(self) -> list[str]:

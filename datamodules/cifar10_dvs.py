@@ -5,28 +5,17 @@ Cache under ``root/bso_cache/frames_T{T}_{split_by}_{S}px/`` (frames.npy, labels
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from datamodules.base import dataset_not_found
 from datamodules.datasets import cifar10_dvs as reader
 from datamodules.datasets.splits import first_per_class, seeded_per_class
 from datamodules.event_frames import CameraEventFrameDataModule
 
-log = logging.getLogger(__name__)
-
 CLASS_NAMES = reader.CLASS_NAMES
 SPLITS = ("seeded", "first_per_class")
-_HOW = (
-    "pass download=True (spikingjelly downloads the 10 class archives, ~7 GB, from "
-    "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 into root/download, extracts and "
-    "converts them), or put the extracted <class>/*.aedat folders in root/extract"
-)
-_EXPECTED = ("events_np/<class>/*.npz (spikingjelly's converted events) or extract/<class>/*.aedat for the 10 "
-             "classes " + ", ".join(CLASS_NAMES))
 
 
 class CIFAR10DVSDataModule(CameraEventFrameDataModule):
@@ -46,6 +35,9 @@ class CIFAR10DVSDataModule(CameraEventFrameDataModule):
     machine gets the same split. Training adds a random crop (``crop_padding`` zero-event pixels
     of padding, then back to ``image_size``) and a horizontal flip; frames are normalized with the
     training mean/std when ``normalize`` is on.
+
+    ``download=True`` fetches the 10 class archives into ``root/download`` (MD5 checked) and extracts them into
+    ``root/extract`` with no member allowed outside it, then converts them.
 
     An unreadable or malformed event file stops ``prepare_data``/``setup`` with a
     :class:`~datamodules.base.DataFileError` naming the file (nothing is cached then).
@@ -92,32 +84,14 @@ class CIFAR10DVSDataModule(CameraEventFrameDataModule):
             return seeded_per_class(labels, self.train_per_class, self.seed)
         return first_per_class(labels, files, self.train_per_class)
 
-
-    def _not_found(self, problem: str | None = None):
-        return dataset_not_found("CIFAR10-DVS", self.root, _EXPECTED, _HOW, problem=problem)
-
     def _list_samples(self):
-        marker = self.root / "events_np.building"
-        if marker.exists():
-            raise self._not_found(f"an earlier spikingjelly conversion did not finish ({marker} exists); delete "
-                                  f"{self.events_root} and {marker} and run again")
-        if not self.events_root.is_dir():
-            extract = self.root / "extract"
-            if extract.is_dir() and any((extract / cls).is_dir() for cls in CLASS_NAMES):
-                log.info("CIFAR10-DVS: converting %s to %s", extract, self.events_root)
-                reader.convert_raw_events(extract, self.events_root)
-            elif self.download:
-                from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
-
-                self.root.mkdir(parents=True, exist_ok=True)
-                CIFAR10DVS(str(self.root), data_type="event")  # download -> extract -> events_np
-            else:
-                raise self._not_found()
+        reader.find_or_make_events(self.root, self.download)
         listing = reader.list_event_files(self.events_root)
         counts = np.bincount([label for _, label in listing], minlength=self.num_classes)
         short = [f"{cls}: {counts[i]}" for i, cls in enumerate(CLASS_NAMES) if counts[i] <= self.train_per_class]
         if short:
-            raise self._not_found(
+            raise reader.not_found(
+                self.root,
                 f"{self.events_root} needs more than train_per_class={self.train_per_class} .npz files "
                 f"in every class folder; too few in {', '.join(short)}. If {self.events_root} was made from an "
                 f"incomplete extract/ or download/, delete it (and the incomplete folder) and run again"

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
-
 
 from datamodules.base import dataset_not_found
 from datamodules.datasets import dvs128_gesture as reader
 from datamodules.event_frames import CameraEventFrameDataModule
-
-log = logging.getLogger(__name__)
-
-_HOW = ("download DvsGesture.tar.gz by hand from https://research.ibm.com/interactive/dvsgesture/ (IBM's box "
-        "folder needs a login, so spikingjelly cannot fetch it) into root/download and pass download=True "
-        "(spikingjelly extracts and splits it), or extract it into root/extract")
-_EXPECTED = ("events_np/{train,test}/<label>/*.npz (spikingjelly's split gestures) or "
-             "extract/DvsGesture/ with the .aedat recordings, their _labels.csv and trials_to_{train,test}.txt")
 
 
 class DVS128GestureDataModule(CameraEventFrameDataModule):
@@ -29,7 +19,8 @@ class DVS128GestureDataModule(CameraEventFrameDataModule):
     ``trials_to_train.txt`` / ``trials_to_test.txt`` (users 1-23 / 24-29); the test set is also the
     validation set. Training adds a random crop (``crop_padding``); a horizontal flip is off by default
     because it turns a left-hand gesture into a right-hand one. Frames are normalized per polarity with
-    the training mean/std when ``normalize`` is on.
+    the training mean/std when ``normalize`` is on. ``download=True`` extracts ``root/download/DvsGesture.tar.gz``
+    (downloaded by hand) after an MD5 check, with no member allowed outside ``root/extract``.
     """
 
     name = "DVS128 Gesture"
@@ -55,30 +46,13 @@ class DVS128GestureDataModule(CameraEventFrameDataModule):
         super().__init__(root, batch_size, num_workers, pin_memory, seed, download, time_steps, normalize)
         self._set_camera_options(image_size, split_by, crop_padding, horizontal_flip)
 
-
     def _list_samples(self):
-        if not self.events_root.is_dir():
-            aedat_dir = self.root / "extract" / "DvsGesture"
-            if aedat_dir.is_dir():
-                log.info("DVS128 Gesture: splitting %s into %s", aedat_dir, self.events_root)
-                missing = [n for n in reader.TRIAL_LISTS.values() if not (aedat_dir / n).is_file()]
-                if missing:
-                    raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW,
-                                            problem=f"{aedat_dir} has no {', '.join(missing)}")
-                reader.convert_recordings(aedat_dir, self.events_root)
-            elif self.download and (self.root / "download" / "DvsGesture.tar.gz").is_file():
-                from spikingjelly.datasets.dvs128_gesture import DVS128Gesture
-
-                DVS128Gesture(str(self.root), train=True, data_type="event")  # extract -> events_np
-            else:
-                problem = ("download=True needs root/download/DvsGesture.tar.gz (IBM's site needs a login)"
-                           if self.download else None)
-                raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW, problem=problem)
+        reader.find_or_make_events(self.root, self.download)
         listing = reader.list_event_files(self.events_root)
         present = {(s, label) for _, label, s in listing}
         empty = [f"{s}/{label}" for s in reader.SUBSETS for label in range(self.num_classes) if (s, label) not in present]
         if empty:
-            raise dataset_not_found("DVS128 Gesture", self.root, _EXPECTED, _HOW,
+            raise dataset_not_found("DVS128 Gesture", self.root, reader.EXPECTED, reader.HOW,
                                     problem=f"no .npz gestures in {self.events_root}/{{{', '.join(empty[:5])}"
                                             f"{', ...' if len(empty) > 5 else ''}}}: an interrupted conversion? Delete "
                                             f"{self.events_root} and run again")

@@ -1,5 +1,6 @@
-"""A shuffling sampler whose order depends only on (seed, epoch), so resumed runs see the same batches, and a
-training DataLoader whose position inside the epoch is saved in checkpoints (exact mid-epoch resume)."""
+"""A shuffling sampler whose order depends only on (seed, epoch), so resumed runs see the same batches, a
+training DataLoader whose position inside the epoch is saved in checkpoints (exact mid-epoch resume), and how a
+data error in a worker process reaches the main process as itself (:class:`FailedSample`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import warnings
 from typing import Any, Iterable, Iterator, Optional, Sized
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -34,7 +35,40 @@ class EpochSeededSampler(Sampler[int]):
         return len(self.data_source)
 
 
-class ResumableDataLoader(DataLoader):
+class FailedSample:
+    """What a dataset returns instead of a sample it cannot read: the error (picklable), so that it crosses from a
+    DataLoader worker to the main process intact. Raised in the worker, PyTorch would re-raise it there as a
+    ``RuntimeError`` holding the worker's whole traceback as its message."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class FailedBatch(list):
+    """A batch with at least one :class:`FailedSample` (built by :func:`collate_or_fail`, raised by the loaders)."""
+
+
+def collate_or_fail(samples: list[Any]) -> Any:
+    """``default_collate``, except that a batch holding a :class:`FailedSample` becomes a :class:`FailedBatch`."""
+    failed = [s for s in samples if isinstance(s, FailedSample)]
+    return FailedBatch(failed) if failed else default_collate(samples)
+
+
+def raise_failed(batch: Any) -> Any:
+    """``batch``, or the first error of a :class:`FailedBatch` raised (in the main process)."""
+    if isinstance(batch, FailedBatch):
+        raise batch[0].error
+    return batch
+
+
+class CheckedDataLoader(DataLoader):
+    """A DataLoader that raises the error of a sample that could not be read (:class:`FailedSample`) as itself."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return map(raise_failed, super().__iter__())
+
+
+class ResumableDataLoader(CheckedDataLoader):
     """A training DataLoader that Lightning checkpoints mid-epoch and resumes exactly.
 
     Lightning stores ``state_dict()`` of a training DataLoader that has one in every checkpoint
@@ -72,10 +106,10 @@ class ResumableDataLoader(DataLoader):
             skip = saved_batches if saved_epoch == epoch else 0
             _check_resumed_batch_size(saved_size, self.batch_size, skip, epoch)
         self._epoch, self._yielded = epoch, skip
-        batches = super().__iter__() if skip == 0 else iter(self._skipping(skip))
+        batches = DataLoader.__iter__(self) if skip == 0 else iter(self._skipping(skip))
         for batch in batches:
             self._yielded += 1
-            yield batch
+            yield raise_failed(batch)
 
     def _skipping(self, skip: int) -> DataLoader:
         """A one-pass plain DataLoader over the same data and settings that leaves out the first ``skip`` batches."""

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import dataset_not_found, file_stamp
+from datamodules.base import file_stamp
 from datamodules.datasets import shd as reader
 from datamodules.event_frames import EventFrameDataModule
 
-_HOW = ("pass download=True (spikingjelly downloads shd_train.h5.zip and shd_test.h5.zip, ~0.5 GB, from "
-        "https://zenkelab.org/datasets/ and extracts them), or put shd_train.h5 and shd_test.h5 into root")
 _READ_LOCK = threading.Lock()  # module level: a DataModule must stay picklable
-_EXPECTED = "shd_train.h5 and shd_test.h5 in root, root/extract or root/events_h5"
 
 
 class SHDDataModule(EventFrameDataModule):
@@ -25,7 +22,8 @@ class SHDDataModule(EventFrameDataModule):
     channels summed); spikes after ``duration`` are dropped (SHD clips last up to ~1.4 s, most under 1 s).
     So a VGG-style BSNN reads a spectrogram-like spike raster, one window per step. Train/test are the
     official files (the test set also validates); frames are cached once under ``root/bso_cache`` and
-    normalized with the training mean/std when ``normalize`` is on.
+    normalized with the training mean/std when ``normalize`` is on. ``download=True`` fetches the two archives
+    (MD5 checked) and extracts them into ``root/extract`` with no member allowed outside it.
     """
 
     name = "SHD"
@@ -88,15 +86,7 @@ class SHDDataModule(EventFrameDataModule):
         self._spikes.clear()  # only the cache builder needs the spikes
 
     def _list_samples(self):
-        paths = reader.find_files(self.root)
-        if paths is None and self.download:
-            from spikingjelly.datasets.shd import SpikingHeidelbergDigits
-
-            self.root.mkdir(parents=True, exist_ok=True)
-            SpikingHeidelbergDigits(str(self.root), train=True, data_type="event")  # download -> extract -> events_h5
-            paths = reader.find_files(self.root)
-        if paths is None:
-            raise dataset_not_found("SHD", self.root, _EXPECTED, _HOW)
+        paths = reader.find_or_download(self.root, self.download)
         files, labels, subsets = [], [], []
         self._paths = paths
         self._fingerprint = {f"{s}:{p.name}": file_stamp(p) for s, p in paths.items()}  # cache key: the files

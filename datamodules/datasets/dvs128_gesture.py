@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bso_lightning.atomic import atomic_directory
-from datamodules.base import DataFileError
+from datamodules.base import DataFileError, dataset_not_found
 from datamodules.datasets.cifar10_dvs import natural_key
+from datamodules.safe_files import extract_archives, fetch_archive
 
 CLASS_NAMES = (
     "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise", "right_arm_counter_clockwise",
@@ -29,6 +30,34 @@ SENSOR_SIZE = 128  # DVS128Gesture.get_H_W()
 SUBSETS = ("train", "test")
 TRIAL_LISTS = {"train": "trials_to_train.txt", "test": "trials_to_test.txt"}
 REMEDY = "Delete it (and re-create events_np from extract/DvsGesture)."
+ARCHIVE = "DvsGesture.tar.gz"
+ARCHIVE_MD5 = "8a5c71fb11e24e5ca5b11866ca6c00a1"  # spikingjelly's DVS128Gesture.resource_url_md5()
+HOW = ("download DvsGesture.tar.gz by hand from https://research.ibm.com/interactive/dvsgesture/ (IBM's box "
+       "folder needs a login) into root/download and pass download=True (it is checked against its published MD5 "
+       "and extracted safely), or extract it into root/extract")
+EXPECTED = ("events_np/{train,test}/<label>/*.npz (spikingjelly's split gestures) or "
+            "extract/DvsGesture/ with the .aedat recordings, their _labels.csv and trials_to_{train,test}.txt")
+
+
+def find_or_make_events(root: Path, download: bool) -> Path:
+    """``root/events_np`` (spikingjelly's layout), made from ``extract/DvsGesture`` if missing, which is first
+    extracted from ``download/DvsGesture.tar.gz`` when ``download`` (MD5 checked, no member outside ``extract``).
+    Raises ``DatasetNotFoundError`` naming what is missing."""
+    events_root = root / "events_np"
+    if events_root.is_dir():
+        return events_root
+    aedat_dir = root / "extract" / "DvsGesture"
+    archive = root / "download" / ARCHIVE
+    if not aedat_dir.is_dir() and download and archive.is_file():
+        extract_archives([fetch_archive(None, archive, md5=ARCHIVE_MD5, how=HOW)], root / "extract")
+    if not aedat_dir.is_dir():
+        problem = f"download=True needs {archive} (IBM's site needs a login)" if download else None
+        raise dataset_not_found("DVS128 Gesture", root, EXPECTED, HOW, problem=problem)
+    missing = [n for n in TRIAL_LISTS.values() if not (aedat_dir / n).is_file()]
+    if missing:
+        raise dataset_not_found("DVS128 Gesture", root, EXPECTED, HOW, problem=f"{aedat_dir} has no {', '.join(missing)}")
+    convert_recordings(aedat_dir, events_root)
+    return events_root
 
 
 def trials(aedat_dir: Path, subset: str) -> list[str]:

@@ -2,9 +2,9 @@
 
 On-disk layout under ``root`` (spikingjelly 2.0's; a folder holding just the two ``.h5`` files works too)::
 
-    download/shd_{train,test}.h5.zip     from https://zenkelab.org/datasets/   (spikingjelly, download=True)
-    extract/shd_{train,test}.h5          the HDF5 files
-    events_h5/shd_{train,test}.h5        spikingjelly's links to them
+    download/shd_{train,test}.h5.zip     from https://zenkelab.org/datasets/   (download=True: MD5 checked)
+    extract/shd_{train,test}.h5          the HDF5 files                      (download=True: extracted safely)
+    events_h5/shd_{train,test}.h5        spikingjelly's links to them (a folder spikingjelly prepared works too)
 
 Each file holds ``spikes/times`` (per sample, spike times in seconds), ``spikes/units`` (per sample, the
 channel 0-699 of each spike) and ``labels`` (0-19: digits 0-9 in English, then in German).
@@ -17,13 +17,35 @@ from typing import Optional
 
 import numpy as np
 
-from datamodules.base import DataFileError
+from datamodules.base import DataFileError, dataset_not_found
+from datamodules.safe_files import extract_archives, fetch_archive
 
 CHANNELS = 700  # SpikingHeidelbergDigits.get_H_W()[1]
 NUM_CLASSES = 20
 SUBSETS = ("train", "test")
 FOLDERS = ("events_h5", "extract", ".")  # searched in this order
 REMEDY = "Delete it and download it again (download=True, or https://zenkelab.org/datasets/)."
+#: ``(file under root/download, URL, MD5)`` of the two archives (spikingjelly's ``resource_url_md5()``).
+ARCHIVES = (("shd_train.h5.zip", "https://zenkelab.org/datasets/shd_train.h5.zip", "f3252aeb598ac776c1b526422d90eecb"),
+            ("shd_test.h5.zip", "https://zenkelab.org/datasets/shd_test.h5.zip", "1503a5064faa34311c398fb0a1ed0a6f"))
+HOW = ("pass download=True (downloads shd_train.h5.zip and shd_test.h5.zip, ~0.5 GB, from https://zenkelab.org/datasets/ "
+       "into root/download, checks their MD5 and extracts them into root/extract), or put shd_train.h5 and "
+       "shd_test.h5 into root")
+EXPECTED = "shd_train.h5 and shd_test.h5 in root, root/extract or root/events_h5"
+
+
+def find_or_download(root: Path, download: bool) -> dict[str, Path]:
+    """:func:`find_files`; if absent and ``download``, fetch the archives into ``root/download`` (the ones already
+    there are checked against their MD5) and extract them safely into ``root/extract``. Raises
+    ``DatasetNotFoundError`` when the files are still missing."""
+    paths = find_files(root)
+    if paths is None and download:
+        archives = [fetch_archive(url, root / "download" / name, md5=md5) for name, url, md5 in ARCHIVES]
+        extract_archives(archives, root / "extract")
+        paths = find_files(root)
+    if paths is None:
+        raise dataset_not_found("SHD", root, EXPECTED, HOW)
+    return paths
 
 
 def find_files(root: Path) -> Optional[dict[str, Path]]:

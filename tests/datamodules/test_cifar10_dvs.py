@@ -197,28 +197,6 @@ def test_worker_processes_read_the_memory_map(private_root):
     assert "_frames" not in dm.train_set.__getstate__() or dm.train_set.__getstate__()["_frames"] is None
 
 
-def test_download_true_delegates_to_spikingjelly(data_roots, tmp_path, monkeypatch):
-    """No network in tests: spikingjelly's CIFAR10DVS (download, extract, convert) is replaced by a copy."""
-    import shutil
-
-    import spikingjelly.datasets.cifar10_dvs as sj
-
-    calls = []
-
-    def fake(root, data_type="event", **kwargs):
-        calls.append((root, data_type))
-        shutil.copytree(data_roots["cifar10_dvs"] / "events_np", f"{root}/events_np")
-
-    monkeypatch.setattr(sj, "CIFAR10DVS", fake)
-    root = tmp_path / "new"
-    with pytest.raises(DatasetNotFoundError):
-        make(root).setup()
-    assert calls == []  # download=False never fetches
-    dm = make(root, download=True)
-    dm.setup()
-    assert calls == [(str(root), "event")] and len(dm.train_set) == 10 * TRAIN
-
-
 def test_first_per_class_split_is_the_authors_file_name_order(private_root):
     """split="first_per_class": per class the first files in plain name order (``_10`` before ``_2``)."""
     import os

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -101,28 +100,6 @@ def test_missing_or_corrupt_recording_is_named(private_root):
     with pytest.raises(DataFileError, match="user24_natural.aedat"):
         make(root).prepare_data()
     assert not (root / "events_np").exists()
-
-
-def test_download_true_extracts_the_archive_with_spikingjelly(data_roots, tmp_path, monkeypatch):
-    import spikingjelly.datasets.dvs128_gesture as sj
-
-    calls = []
-
-    def fake(root, train=True, data_type="event", **kwargs):  # no network, no 2.4 GB archive: a copy
-        calls.append((root, data_type))
-        shutil.copytree(data_roots["dvs128_gesture"] / "extract", f"{root}/extract")
-        from datamodules.datasets.dvs128_gesture import convert_recordings
-        from pathlib import Path
-
-        convert_recordings(Path(root) / "extract" / "DvsGesture", Path(root) / "events_np")
-
-    monkeypatch.setattr(sj, "DVS128Gesture", fake)
-    root = tmp_path / "new"
-    (root / "download").mkdir(parents=True)
-    (root / "download" / "DvsGesture.tar.gz").write_bytes(b"stand-in")
-    dm = make(root, download=True)
-    dm.setup()
-    assert calls == [(str(root), "event")] and len(dm.train_set) == 11 * TRAIN_TRIALS
 
 
 @pytest.mark.parametrize("kwargs", [{"time_steps": 0}, {"image_size": 129}, {"split_by": "speed"}, {"crop_padding": -1}])

@@ -34,8 +34,9 @@ def test_missing_folder_says_how_to_get_it(tmp_path):
 def test_wrong_number_of_classes_is_an_incomplete_folder(data_roots, tmp_path):
     root = tmp_path / "imagenet"
     shutil.copytree(data_roots["imagenet"], root)
+    shutil.rmtree(root / "train" / "n01484850")
     shutil.rmtree(root / "val" / "n01484850")
-    with pytest.raises(FileNotFoundError, match=r"val has 2 class folders but num_classes=3"):
+    with pytest.raises(FileNotFoundError, match=r"train has 2 class folders but num_classes=3"):
         ImageNetDataModule(root=root, num_classes=3).setup()
     with pytest.raises(FileNotFoundError, match="num_classes=1000"):
         ImageNetDataModule(root=data_roots["imagenet"]).setup()
@@ -50,6 +51,7 @@ def test_bad_sizes(tmp_path):
 
 from datamodules import DataFileError  # noqa: E402
 from datamodules.imagenet import load_image  # noqa: E402
+from datamodules.sampling import FailedSample  # noqa: E402
 
 
 def test_corrupt_and_empty_images_fail_before_training_naming_every_file(data_roots):
@@ -66,8 +68,11 @@ def test_corrupt_and_empty_images_fail_before_training_naming_every_file(data_ro
     unchecked = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28, check_images=False)
     unchecked.setup("fit")  # the check can be skipped; decoding then names the file
     index = next(i for i, (p, _) in enumerate(unchecked.train_set.samples) if p.endswith("empty.JPEG"))
-    with pytest.raises(DataFileError, match=f"cannot read {empty}: not a decodable image"):
-        unchecked.train_set[index]
+    failed = unchecked.train_set[index]  # handed to the loader, which raises it (in the main process)
+    assert isinstance(failed, FailedSample) and str(failed.error).startswith(f"cannot read {empty}: not a decodable image")
+    unchecked.batch_size = 20
+    with pytest.raises(DataFileError, match=f"cannot read {root / 'train'}/\\S+: not a decodable image"):
+        next(iter(unchecked.train_dataloader()))
 
 
 def test_a_truncated_image_body_is_named_when_it_is_decoded(data_roots, tmp_path):
@@ -80,3 +85,39 @@ def test_a_truncated_image_body_is_named_when_it_is_decoded(data_roots, tmp_path
     with pytest.raises(DataFileError, match=rf"cannot read {truncated}: not a decodable image \(OSError: image file "
                                             "is truncated"):
         load_image(str(truncated))
+
+
+def test_train_and_val_class_sets_that_differ_are_named_before_training(data_roots, tmp_path):
+    """Before: ImageFolder built both sets and a RuntimeError said only that they differ (or, with equal counts,
+    nothing: every label of one side shifted)."""
+    root = tmp_path / "imagenet"
+    shutil.copytree(data_roots["imagenet"], root)
+    (root / "val" / "n01484850").rename(root / "val" / "n09999999")  # same count, one class each side only
+    shutil.rmtree(root / "train" / "n01440764")
+    with pytest.raises(DataFileError) as info:
+        ImageNetDataModule(root=root, num_classes=2).setup()
+    message = str(info.value)
+    assert message == (f"cannot read {root / 'val'}: its class folders differ from those of {root / 'train'}: missing "
+                       "in val/: n01484850; missing in train/: n01440764, n09999999. Both need the same class folders "
+                       "(wnids)")
+
+
+def test_a_damaged_image_in_a_worker_process_is_one_line_naming_it(data_roots, tmp_path):
+    """Before: PyTorch re-raised the worker's error as a RuntimeError whose message was the worker's traceback."""
+    root = tmp_path / "imagenet"
+    shutil.copytree(data_roots["imagenet"], root)
+    damaged = next((root / "val" / "n01443537").iterdir())
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])  # header intact: passes the check
+    dm = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28, batch_size=3, num_workers=2)
+    dm.setup("fit")
+    with pytest.raises(DataFileError) as info:
+        for _ in dm.val_dataloader():
+            pass
+    assert str(info.value).startswith(f"cannot read {damaged}: not a decodable image (OSError: image file is truncated")
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value) and info.value.path == damaged
+    train = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28, batch_size=3, num_workers=2,
+                               train_dir="val")  # the shuffled (resumable) loader raises it too
+    train.setup("fit")
+    with pytest.raises(DataFileError, match=f"cannot read {damaged}: not a decodable image"):
+        for _ in train.train_dataloader():
+            pass

@@ -90,24 +90,6 @@ def test_missing_and_corrupt_files_are_named(private_root, tmp_path):
     assert not any((root / "bso_cache").glob("*/frames.npy"))  # nothing half-built
 
 
-def test_download_true_delegates_to_spikingjelly(data_roots, tmp_path, monkeypatch):
-    import spikingjelly.datasets.shd as sj
-
-    calls = []
-
-    def fake(root, train=True, data_type="event", **kwargs):  # no network: a copy into spikingjelly's layout
-        calls.append((root, data_type))
-        shutil.copytree(data_roots["shd"], f"{root}/events_h5", ignore=shutil.ignore_patterns("bso_cache"))
-
-    monkeypatch.setattr(sj, "SpikingHeidelbergDigits", fake)
-    with pytest.raises(DatasetNotFoundError):
-        make(tmp_path / "new").setup()
-    assert calls == []
-    dm = make(tmp_path / "new", download=True)
-    dm.setup()
-    assert calls == [(str(tmp_path / "new"), "event")] and len(dm.test_set) == N_TEST
-
-
 @pytest.mark.parametrize("kwargs", [{"time_steps": 0}, {"time_bins": 0}, {"channel_groups": 701}, {"duration": 0.0}])
 def test_bad_arguments(kwargs, tmp_path):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

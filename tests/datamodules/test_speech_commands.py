@@ -327,3 +327,21 @@ def test_caches_of_versions_and_subsets_are_apart(private_root):
     b = SpeechCommandsDataModule(root=root, class_set="words", words=["no", "yes"])
     c = SpeechCommandsDataModule(root=root, version="v0.01", class_set="words", words=["yes", "no"])
     assert len({a.cache_dir, b.cache_dir, c.cache_dir}) == 3
+
+
+def test_no_readable_clip_in_a_split_is_one_line_naming_the_folder(private_root):
+    """Every test clip unreadable: before, a raw traceback (np.concatenate of nothing); now one DataFileError, and
+    no cache is written."""
+    from datamodules import DataFileError
+
+    root = private_root("speech_commands")
+    base = root.joinpath(*BASE)
+    for line in _lines(root, "testing_list.txt"):
+        (base / line).write_bytes(b"RIFF\x00\x00\x00\x00this is not audio")
+    dm = SpeechCommandsDataModule(root=root)
+    with pytest.raises(DataFileError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert message.startswith(f"cannot read {base}: no readable clip in the testing split of Speech Commands (35 "
+                              "unreadable file(s)") and "\n" not in message
+    assert not dm.cache_dir.exists()

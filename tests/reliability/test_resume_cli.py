@@ -65,6 +65,28 @@ def test_resuming_with_another_time_steps_names_both(tiny_checkpoint, tmp_path, 
                                                  datamodule=digits(), ckpt_path=tiny_checkpoint)
 
 
+def test_an_explicit_time_steps_equal_to_the_default_is_refused_and_an_omitted_one_comes_from_the_checkpoint(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """A value equal to the class default (4) could not be told apart from "not given": it was replaced by the
+    checkpoint's 2 without a word. Now what the user wrote is read without defaults."""
+    import inspect
+
+    assert inspect.signature(OnlineClassifier.__init__).parameters["time_steps"].default == 4  # what this relies on
+    monkeypatch.chdir(tmp_path)
+    tiny = list(TINY)
+    del tiny[tiny.index("--model.init_args.time_steps"):tiny.index("--model.init_args.time_steps") + 2]
+    with pytest.raises(CheckpointError, match=r"--model\.init_args\.time_steps=4 \(the checkpoint has 2\)"):
+        build_cli(["fit", *tiny, "--ckpt_path", str(tiny_checkpoint), "--model.init_args.time_steps", "4"])
+    config = tmp_path / "t4.yaml"  # the same from a --config file
+    config.write_text("model:\n  init_args:\n    time_steps: 4\n")
+    with pytest.raises(CheckpointError, match=r"--model\.init_args\.time_steps=4 \(the checkpoint has 2\)"):
+        build_cli(["fit", "--config", str(config), *tiny, "--ckpt_path", str(tiny_checkpoint)])
+    resumed = build_cli(["fit", *tiny, "--ckpt_path", str(tiny_checkpoint), "--trainer.max_epochs", "2"])
+    assert resumed.model.hparams.time_steps == 2 and resumed.trainer.ckpt_path == str(tiny_checkpoint)
+    same = build_cli(["fit", *TINY, "--ckpt_path", str(tiny_checkpoint), "--trainer.max_epochs", "2"])  # given = saved
+    assert same.model.hparams.time_steps == 2
+
+
 def test_a_resumed_fine_tune_does_not_read_its_pretrained_file(tiny_checkpoint, tmp_path, monkeypatch):
     """The checkpoint's weights win; the pretrained file may be gone (it used to fail naming it)."""
     monkeypatch.chdir(tmp_path)
