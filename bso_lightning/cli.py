@@ -22,13 +22,13 @@ from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.callbacks.flip_rate import FlipRateCallback
 from bso_lightning.checkpoint_io import AtomicCheckpointIO
 from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, check_model_bounds, read_checkpoint
-from datamodules.base import DataFileError
+from bso_lightning.errors import UserDataError
 
 log = logging.getLogger(__name__)
 
 #: Errors ``main`` reports as one line (the full traceback with ``BSO_DEBUG=1``): bad arguments, files and data,
 #: and the environment's (``OSError``: a full disk, a folder that cannot be written, no network).
-USER_ERRORS = (ValueError, OSError, FloatingPointError, DataFileError, MisconfigurationException)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, UserDataError, MisconfigurationException)
 #: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's; T fixes
 #: the per-time-step optimizer state and BatchNorm statistics).
 RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer", "time_steps")
@@ -358,8 +358,8 @@ def build_cli(args: Optional[list[str]] = None, run: bool = True) -> BSOLightnin
 
 def root_cause(error: BaseException) -> BaseException:
     """The exception of ``error``'s chain to report (jsonargparse wraps the real one): the innermost one raised by
-    this library (it names the file or argument: a ``DataFileError`` over the ``ValueError`` it was raised from),
-    else the innermost :data:`USER_ERRORS` one."""
+    this library or ``datamodules`` (it names the file or argument: a ``DataFileError`` over the ``ValueError`` it
+    was raised from), else the innermost :data:`USER_ERRORS` one."""
     found, ours, seen = error, None, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

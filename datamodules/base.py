@@ -27,6 +27,7 @@ from typing import Optional
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from bso_lightning.errors import UserDataError
 from datamodules.sampling import CheckedDataLoader, EpochSeededSampler, ResumableDataLoader, collate_or_fail
 
 
@@ -41,7 +42,7 @@ class DatasetNotFoundError(FileNotFoundError):
         self.folder = Path(folder)
 
 
-class DataFileError(RuntimeError):
+class DataFileError(UserDataError):
     """One data file (audio, events, pickle) is unreadable or malformed; ``path`` names it."""
 
     def __init__(self, path: str | Path, reason: str, remedy: str = "") -> None:

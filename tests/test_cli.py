@@ -105,3 +105,31 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path, monk
                    "[ValueError; BSO_DEBUG=1 shows the traceback]"], err
     # counted without expanding: a_k holds 1 + 10 * size(a_{k-1}) values (11, 111, ..., 111111); model.init_args adds 2
     assert expanded_size(yaml.safe_load(_alias_bomb(5))) == 1 + (11 + 111 + 1111 + 11111 + 111111) + (111111 + 2)
+
+
+def test_bso_lightning_imports_nothing_from_datamodules():
+    """One-way packages (issue 22 item 5): datamodules may use bso_lightning, never the reverse. The CLI names its
+    default DataModule by class path and recognises data errors by bso_lightning.errors.UserDataError."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "bso_lightning"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(package.parent)}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] == "datamodules"]
+    assert offenders == []
+    code = ("import sys, bso_lightning, bso_lightning.cli, bso_lightning.export; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'datamodules'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=package.parent).stdout.strip().splitlines()[-1]
+    assert out == "[]"
+    from bso_lightning.errors import UserDataError
+    from datamodules import DataFileError
+
+    assert issubclass(DataFileError, UserDataError)  # printed as one line by the CLI (USER_ERRORS)
