@@ -1,4 +1,4 @@
-"""ImageNet-1k (ILSVRC 2012) from an ImageFolder tree or torchvision's archive layout.
+"""ImageNet-1k (ILSVRC 2012) from an ImageFolder tree or the three official archives.
 
 Reader (image checks, the class-set check, the decoding loader): :mod:`datamodules.datasets.imagenet`. Policy:
 **fail before training** — every image header is read in ``setup``, train/val class folders must match, and an
@@ -13,14 +13,14 @@ from torchvision import transforms as T
 
 from datamodules.base import BaseDataModule, dataset_not_found
 from datamodules.datasets import imagenet as reader
-from datamodules.datasets.imagenet import CHECK_THREADS, check_image_headers, header_problem, load_image  # noqa: F401
+from datamodules.datasets.imagenet import CHECK_THREADS, check_image_headers  # noqa: F401 (benchmarks import them here)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _HOW = (
     "ImageNet cannot be downloaded automatically (its licence requires a login). Register at "
     "https://image-net.org/download-images, download ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar "
-    "and ILSVRC2012_devkit_t12.tar.gz into this folder (torchvision then unpacks them into train/ and "
+    "and ILSVRC2012_devkit_t12.tar.gz into this folder (they are checked and unpacked into train/ and "
     "val/ on first use), or unpack them yourself into train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
 )
 
@@ -29,8 +29,9 @@ class ImageNetDataModule(BaseDataModule):
     """ImageNet as two class-per-folder trees, ``root/<train_dir>`` and ``root/<val_dir>``.
 
     If those folders are missing but the three official archives are in ``root``,
-    ``prepare_data`` lets torchvision's :class:`~torchvision.datasets.ImageNet` unpack them (into
-    ``root/train`` and ``root/val``, validation images sorted into class folders with the devkit).
+    ``prepare_data`` checks their MD5 and unpacks them with no member allowed outside the folder (into
+    ``root/train`` and ``root/val``, validation images sorted into class folders with the devkit, as
+    torchvision's ``ImageNet`` does; :func:`datamodules.datasets.imagenet.unpack_archives`).
 
     Training: random-resized-crop ``image_size`` + horizontal flip. Validation and test (both the
     official validation set): resize ``resize_size`` + center-crop ``image_size``. Both normalized

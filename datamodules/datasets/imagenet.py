@@ -3,7 +3,11 @@
 On-disk layout under ``root``::
 
     train/<wnid>/*.JPEG, val/<wnid>/*.JPEG     class-per-folder trees (the same wnids on both sides)
-    ILSVRC2012_img_{train,val}.tar, ILSVRC2012_devkit_t12.tar.gz   the official archives (torchvision unpacks them)
+    ILSVRC2012_img_{train,val}.tar, ILSVRC2012_devkit_t12.tar.gz   the official archives (:func:`unpack_archives`)
+
+The archives are checked against their published MD5 and unpacked with :mod:`datamodules.safe_files` (no member
+outside the folder; the 1,000 class archives inside the training archive too); validation images are sorted into
+class folders by the devkit's ground truth, as torchvision's ``ImageNet`` does.
 
 A bad image fails before training, naming it: :func:`check_image_headers` reads the header of every image
 (zero-byte files and files PIL cannot identify, e.g. an HTML error page saved as ``.JPEG``). An image whose header
@@ -16,6 +20,9 @@ copy usually means the copy is incomplete.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
@@ -23,10 +30,17 @@ from typing import Any, Optional
 from PIL import Image
 from torchvision import datasets
 
+from bso_lightning.atomic import atomic_directory
 from datamodules.base import DataFileError
+from datamodules.safe_files import extract_archives, fetch_archive
 from datamodules.sampling import FailedSample
 
-ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+DEVKIT, TRAIN_ARCHIVE, VAL_ARCHIVE = ARCHIVES = (
+    "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+#: Published MD5 of each archive (torchvision's ``datasets.imagenet.ARCHIVE_META``).
+ARCHIVE_MD5 = {DEVKIT: "fa75699e90414af021442c21a62c3abf", TRAIN_ARCHIVE: "1d675b47d978889d74fa0da5fadfb00e",
+               VAL_ARCHIVE: "29b22e2961454d5413ddabcf34fc5622"}
+_ARCHIVE_REMEDY = "Delete it and download it again from https://image-net.org/download-images"
 REMEDY = "delete or replace the file (re-extract it from the archive), then run again"
 #: Threads of the header check (file opens overlap on network file systems).
 CHECK_THREADS = 16
@@ -97,6 +111,51 @@ class CheckedImageFolder(datasets.ImageFolder):
             return FailedSample(exc)
 
 
+def _archive(root: Path, name: str) -> Path:
+    return fetch_archive(None, root / name, md5=ARCHIVE_MD5[name], how="https://image-net.org/download-images (login)")
+
+
+def val_wnids(root: Path) -> list[str]:
+    """The class (wnid) of every validation image, in file-name order, from the devkit archive (its ``meta.mat``
+    and ``ILSVRC2012_validation_ground_truth.txt``, read as torchvision does)."""
+    import scipy.io
+
+    devkit = _archive(root, DEVKIT)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".devkit-") as tmp:
+        extract_archives([devkit], Path(tmp) / "devkit")
+        data = Path(tmp) / "devkit" / "ILSVRC2012_devkit_t12" / "data"
+        try:
+            synsets = scipy.io.loadmat(data / "meta.mat", squeeze_me=True)["synsets"]
+            id_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # leaves: num_children == 0
+            ids = [int(line) for line in (data / "ILSVRC2012_validation_ground_truth.txt").read_text().split()]
+            return [id_to_wnid[i] for i in ids]
+        except Exception as exc:  # noqa: BLE001 - reported with the archive's name
+            raise DataFileError(devkit, f"not the ILSVRC 2012 devkit ({type(exc).__name__}: {exc})",
+                                _ARCHIVE_REMEDY) from exc
+
+
 def unpack_archives(root: Path, split: str) -> None:
-    """Let torchvision unpack the official archive of ``split`` into ``root/<split>`` (once)."""
-    datasets.ImageNet(str(root), split=split)
+    """Unpack the official archive of ``split`` (``"train"``, ``"val"``) into ``root/<split>``, once and atomically:
+    MD5 checked, no member outside the folder; training: one folder per inner class archive; validation: images
+    sorted into class folders by :func:`val_wnids`."""
+    if split == "train":
+        archive = _archive(root, TRAIN_ARCHIVE)
+        with atomic_directory(root / "train") as tmp:
+            extract_archives([archive], tmp / ".class_archives")
+            for inner in sorted((tmp / ".class_archives").iterdir()):
+                extract_archives([inner], tmp / inner.name.removesuffix(".tar"))
+                inner.unlink()  # (as torchvision does: the disk holds one copy of each class)
+            (tmp / ".class_archives").rmdir()
+        return
+    wnids = val_wnids(root)
+    archive = _archive(root, VAL_ARCHIVE)
+    with atomic_directory(root / "val") as tmp:
+        extract_archives([archive], tmp / ".images")
+        images = sorted((tmp / ".images").iterdir())
+        if len(images) != len(wnids):
+            raise DataFileError(archive, f"holds {len(images)} images, the devkit's ground truth lists {len(wnids)}",
+                                _ARCHIVE_REMEDY)
+        for wnid, image in zip(wnids, images):
+            (tmp / wnid).mkdir(exist_ok=True)
+            os.replace(image, tmp / wnid / image.name)
+        shutil.rmtree(tmp / ".images")

@@ -50,7 +50,7 @@ def test_bad_sizes(tmp_path):
 # --------------------------------------------------------------------------- bad images (issue 14, case 4)
 
 from datamodules import DataFileError  # noqa: E402
-from datamodules.imagenet import load_image  # noqa: E402
+from datamodules.datasets.imagenet import load_image  # noqa: E402
 from datamodules.sampling import FailedSample  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def test_a_truncated_image_body_is_named_when_it_is_decoded(data_roots, tmp_path
     good = next((data_roots["imagenet"] / "train" / "n01440764").iterdir())
     truncated = tmp_path / "truncated.JPEG"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])  # header intact: passes the check
-    from datamodules.imagenet import header_problem
+    from datamodules.datasets.imagenet import header_problem
 
     assert header_problem(str(truncated)) is None
     with pytest.raises(DataFileError, match=rf"cannot read {truncated}: not a decodable image \(OSError: image file "
@@ -121,3 +121,76 @@ def test_a_damaged_image_in_a_worker_process_is_one_line_naming_it(data_roots, t
     with pytest.raises(DataFileError, match=f"cannot read {damaged}: not a decodable image"):
         for _ in train.train_dataloader():
             pass
+
+
+# --------------------------------------------------------------------------- the official archives (issue 19)
+
+
+def _archives(data_roots, tmp_path, monkeypatch):
+    """A root holding only the fixture's three archives, their MD5s made the published ones."""
+    from datamodules.datasets import imagenet as reader
+    from datamodules.safe_files import file_digest
+
+    root = tmp_path / "imagenet"
+    shutil.copytree(data_roots["archives"] / "imagenet", root)
+    monkeypatch.setattr(reader, "ARCHIVE_MD5", {n: file_digest(root / n, "md5") for n in reader.ARCHIVES})
+    return root
+
+
+def test_the_archives_are_checked_and_unpacked_like_torchvision(data_roots, tmp_path, monkeypatch):
+    root = _archives(data_roots, tmp_path, monkeypatch)
+    dm = ImageNetDataModule(root=root, num_classes=3, image_size=24, resize_size=28)
+    dm.prepare_data()
+    dm.setup("fit")
+    for split in ("train", "val"):  # the same tree as the fixture's (val sorted by the devkit's ground truth)
+        unpacked = sorted(str(p.relative_to(root / split)) for p in (root / split).rglob("*.JPEG"))
+        assert unpacked == sorted(str(p.relative_to(data_roots["imagenet"] / split))
+                                  for p in (data_roots["imagenet"] / split).rglob("*.JPEG"))
+    assert (len(dm.train_set), len(dm.val_set)) == (12, 6)
+    assert sorted(p.name for p in root.iterdir()) == sorted(["train", "val", "ILSVRC2012_devkit_t12.tar.gz",
+                                                              "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"])
+
+
+def test_an_archive_with_another_md5_is_refused(data_roots, tmp_path):
+    root = tmp_path / "imagenet"
+    shutil.copytree(data_roots["archives"] / "imagenet", root)
+    with pytest.raises(DataFileError, match=r"ILSVRC2012_img_train.tar: its MD5 is [0-9a-f]+, the published one is "
+                                            "1d675b47d978889d74fa0da5fadfb00e"):
+        ImageNetDataModule(root=root, num_classes=3).prepare_data()
+    assert not (root / "train").exists()
+
+
+@pytest.mark.parametrize("where", ["train", "class", "val"])
+def test_a_hostile_member_in_any_archive_is_refused(where, data_roots, fixtures_module, tmp_path, monkeypatch):
+    """A link out in the training archive, ../x in one of its class archives, /abs/x in the validation archive:
+    one line naming that archive, nothing written outside root, no train/ or val/ left half-unpacked."""
+    import tarfile
+
+    from datamodules.datasets import imagenet as reader
+    from datamodules.safe_files import file_digest
+
+    root = _archives(data_roots, tmp_path / "a", monkeypatch)
+    absolute, src = tmp_path / "abs_escaped.txt", tmp_path / "src"
+    if where == "val":
+        shutil.copytree(data_roots["imagenet"] / "val" / "n01440764", src)
+        culprit = fixtures_module.hostile_archive(root / "ILSVRC2012_img_val.tar", src, ".", "absolute",
+                                                  absolute=str(absolute))
+    else:
+        with tarfile.open(root / "ILSVRC2012_img_train.tar") as tar:
+            tar.extractall(src / "classes", filter="data")
+        culprit = root / "ILSVRC2012_img_train.tar"
+        if where == "train":
+            fixtures_module.hostile_archive(culprit, src / "classes", ".", "link_out")
+        else:
+            inner = src / "classes" / "n01443537.tar"
+            inner.unlink()
+            fixtures_module.hostile_archive(inner, data_roots["imagenet"] / "train" / "n01443537", ".", "dotdot")
+            fixtures_module.write_archive(culprit, src / "classes", ".")
+    monkeypatch.setattr(reader, "ARCHIVE_MD5", {n: file_digest(root / n, "md5") for n in reader.ARCHIVES})
+    before = sorted(tmp_path.rglob("*"))
+    name = "n01443537.tar" if where == "class" else culprit.name
+    with pytest.raises(DataFileError, match=rf"cannot read \S*/{name}: not extracted \(\w+") as info:
+        ImageNetDataModule(root=root, num_classes=3).prepare_data()
+    assert "\n" not in str(info.value)
+    after = [p for p in sorted(tmp_path.rglob("*")) if where != "val" or root / "train" not in (p, *p.parents)]
+    assert after == before and not absolute.exists()  # (with a bad val archive, train/ was unpacked before)
