@@ -1,37 +1,20 @@
-"""CIFAR-10 and CIFAR-100 (torchvision's python-pickle format)."""
+"""CIFAR-10 and CIFAR-100 (torchvision's python-pickle format; reader: :mod:`datamodules.datasets.cifar`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, DataFileError, dataset_not_found
-from datamodules.safe_files import extract_archives, fetch_archive, load_arrays_pickle
+from datamodules.base import BaseDataModule, dataset_not_found
+from datamodules.datasets import cifar as reader
+from datamodules.datasets.cifar import CIFARImages
+from datamodules.safe_files import extract_archives, fetch_archive
 from datamodules.transforms import Cutout
-
-
-class CIFARImages(Dataset):
-    """``uint8`` images ``[N, 32, 32, 3]`` and labels, turned into PIL images for ``transform``."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Callable] = None) -> None:
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = Image.fromarray(self.images[index])
-        x = self.transform(img) if self.transform is not None else T.functional.pil_to_tensor(img)
-        return x, int(self.labels[index])
 
 
 class _CIFARDataModule(BaseDataModule):
@@ -109,32 +92,6 @@ class _CIFARDataModule(BaseDataModule):
                 problem=None if not self.data_dir.exists() else f"missing {', '.join(missing)}",
             )
 
-    def _read(self, files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
-        for name in files:
-            path = self.data_dir / name
-            remedy = f"Delete {self.data_dir} and run again with download=True."
-            try:
-                with open(path, "rb") as f:
-                    entry = load_arrays_pickle(f)  # numpy arrays and plain data only: no code from a data file
-                data = np.asarray(entry["data"])
-                targets = np.asarray(entry[self.label_key])
-            except Exception as exc:  # noqa: BLE001 - reported with the file's path
-                reason = " ".join(str(exc).split())
-                raise DataFileError(path, f"not a CIFAR python pickle ({type(exc).__name__}: {reason})", remedy) from exc
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise DataFileError(path, f"'data' must be uint8 rows of 3072 bytes (32x32 RGB), got {data.dtype} "
-                                          f"{list(data.shape)}", remedy)
-            if targets.ndim != 1 or targets.dtype.kind not in "iu" or len(targets) != len(data):
-                raise DataFileError(path, f"{len(data)} images but {self.label_key!r} holds {targets.dtype} "
-                                          f"{list(targets.shape)} (one integer label per image expected)", remedy)
-            if len(targets) and (targets.min() < 0 or targets.max() >= self.num_classes):
-                raise DataFileError(path, f"labels must lie in [0, {self.num_classes}), found "
-                                          f"[{targets.min()}, {targets.max()}]", remedy)
-            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.append(targets.astype(np.int64))
-        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
-
     # ------------------------------------------------------------------------------ transforms
     def train_transform(self) -> T.Compose:
         steps: list = [T.RandomCrop(32, padding=self.crop_padding), T.RandomHorizontalFlip()]
@@ -153,8 +110,8 @@ class _CIFARDataModule(BaseDataModule):
         if self.train_set is not None:
             return
         self.prepare_data()  # downloads only if asked and missing; Lightning has usually called it already
-        train_x, train_y = self._read(self.train_files)
-        test_x, test_y = self._read(self.test_files)
+        train_x, train_y = reader.read_batches(self.data_dir, self.train_files, self.label_key, self.num_classes)
+        test_x, test_y = reader.read_batches(self.data_dir, self.test_files, self.label_key, self.num_classes)
         self.test_set = CIFARImages(test_x, test_y, self.eval_transform())
         if self.val_size == 0:
             self.train_set = CIFARImages(train_x, train_y, self.train_transform())

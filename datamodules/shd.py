@@ -86,13 +86,6 @@ class SHDDataModule(EventFrameDataModule):
         self._spikes.clear()  # only the cache builder needs the spikes
 
     def _list_samples(self):
-        paths = reader.find_or_download(self.root, self.download)
-        files, labels, subsets = [], [], []
-        self._paths = paths
-        self._fingerprint = {f"{s}:{p.name}": file_stamp(p) for s, p in paths.items()}  # cache key: the files
-        for subset, path in paths.items():
-            y = reader.read_labels(path)
-            files += [f"{subset}/{i}" for i in range(len(y))]  # sample i of shd_<subset>.h5
-            labels += y.tolist()
-            subsets += [subset] * len(y)
-        return files, labels, subsets
+        self._paths = reader.find_or_download(self.root, self.download)
+        self._fingerprint = {f"{s}:{p.name}": file_stamp(p) for s, p in self._paths.items()}  # cache key: the files
+        return reader.list_samples(self._paths)

@@ -17,22 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules.base import BaseDataModule, DataFileError, DatasetNotFoundError, dataset_not_found, file_stamp
+from datamodules.base import BaseDataModule, dataset_not_found, file_stamp
 from datamodules.datasets import speech_commands as reader
 from datamodules.datasets.speech_commands import (CLASSES_12, KEYWORDS, SUBSETS, VERSION_WORDS, WORDS, WORDS_V1,
                                                   read_wav)
-from datamodules.safe_files import check_sha256, extract_tar
 
 __all__ = ["SpeechCommandsDataModule", "CLASSES_12", "KEYWORDS", "WORDS", "WORDS_V1", "read_wav"]
 
 log = logging.getLogger(__name__)
 
 CLASS_SETS = ("35words", "30words", "12class", "words")
-_ARCHIVE_SIZE = {"v0.02": "2.3 GB", "v0.01": "1.4 GB"}
-ARCHIVE_URL = "http://download.tensorflow.org/data/speech_commands_{version}.tar.gz"
-#: SHA-256 of the published archives (torchaudio's ``_CHECKSUMS``).
-ARCHIVE_SHA256 = {"v0.01": "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
-                  "v0.02": "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"}
+ARCHIVE_URL, ARCHIVE_SHA256 = reader.ARCHIVE_URL, reader.ARCHIVE_SHA256  # (the same objects)
 
 
 class SpeechCommandsDataModule(BaseDataModule):
@@ -165,7 +160,7 @@ class SpeechCommandsDataModule(BaseDataModule):
     # ---------------------------------------------------------------------------- preparing
     def _how(self) -> str:
         return (f"pass download=True (downloads speech_commands_{self.version}.tar.gz, "
-                f"{_ARCHIVE_SIZE[self.version]}, from http://download.tensorflow.org/data/ and extracts it), or "
+                f"{reader.ARCHIVE_SIZE[self.version]}, from http://download.tensorflow.org/data/ and extracts it), or "
                 f"extract that archive (or your own word folders in its layout) into {self.data_dir}")
 
     def _check_folder(self) -> None:
@@ -202,7 +197,7 @@ class SpeechCommandsDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         if self.download and not self.data_dir.is_dir():
-            self._download_and_extract()
+            reader.download_and_extract(self.root, self.version, self.data_dir, self._how())
         self._check_folder()
         words = self._selected_words()
         listing = reader.list_subsets(self.root, self.version, words)
@@ -228,27 +223,6 @@ class SpeechCommandsDataModule(BaseDataModule):
         reader.build_feature_cache(self.cache_dir, self.data_dir, selections, rngs,
                                    lambda waves: reader.log_mel_images(waves, mel, self.image_size),
                                    {"fingerprint": fingerprint, "classes": list(self.classes)})
-
-    def _download_and_extract(self) -> None:
-        """Fetch the archive unless it is in ``root`` already, check its SHA-256, extract it safely."""
-        archive = self.root / f"speech_commands_{self.version}.tar.gz"
-        url, sha256 = ARCHIVE_URL.format(version=self.version), ARCHIVE_SHA256[self.version]
-        if archive.is_file():
-            check_sha256(archive, sha256)
-        else:
-            from torch.hub import download_url_to_file  # a temporary file, renamed once its hash matches
-
-            self.root.mkdir(parents=True, exist_ok=True)
-            try:
-                download_url_to_file(url, str(archive), hash_prefix=sha256, progress=True)
-            except OSError as exc:  # offline (URLError), refused, disk full
-                raise DatasetNotFoundError(f"Speech Commands {self.version}: download of {url} failed "
-                                           f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                                           f"{self._how()}", self.data_dir) from exc
-            except RuntimeError as exc:  # torch.hub: "invalid hash value"
-                raise DataFileError(url, f"the download does not have the published SHA-256 {sha256}",
-                                    "Retry; if it persists the file on the server changed.") from exc
-        extract_tar(archive, self.data_dir)
 
     # ------------------------------------------------------------------------------ loading
     def _load(self, subset: str) -> TensorDataset:

@@ -68,6 +68,18 @@ def read_labels(path: Path) -> np.ndarray:
         raise DataFileError(path, f"not a readable SHD file with labels ({type(exc).__name__}: {exc})", REMEDY) from exc
 
 
+def list_samples(paths: dict[str, Path]) -> tuple[list[str], list[int], list[str]]:
+    """``(files, labels, subsets)`` of every sample of :func:`find_files`' files: sample ``i`` of
+    ``shd_<subset>.h5`` is the file ``"<subset>/<i>"``."""
+    files, labels, subsets = [], [], []
+    for subset, path in paths.items():
+        y = read_labels(path)
+        files += [f"{subset}/{i}" for i in range(len(y))]
+        labels += y.tolist()
+        subsets += [subset] * len(y)
+    return files, labels, subsets
+
+
 def read_samples(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """(spike times per sample, units per sample, labels) of one SHD file; DataFileError naming the file."""
     import h5py

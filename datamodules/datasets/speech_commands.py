@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bso_lightning.atomic import atomic_directory
-from datamodules.base import DataFileError
+from datamodules.base import DataFileError, DatasetNotFoundError
+from datamodules.safe_files import check_sha256, extract_tar
 
 SAMPLE_RATE = 16000
 WORDS = (
@@ -40,6 +41,11 @@ CLASSES_12 = (SILENCE, UNKNOWN, *KEYWORDS)  # TensorFlow's order for the 12-clas
 SUBSETS = ("training", "validation", "testing")
 NOISE_DIR = "_background_noise_"
 FOLDER_IN_ARCHIVE = "SpeechCommands"
+ARCHIVE_SIZE = {"v0.02": "2.3 GB", "v0.01": "1.4 GB"}
+ARCHIVE_URL = "http://download.tensorflow.org/data/speech_commands_{version}.tar.gz"
+#: SHA-256 of the published archives (torchaudio's ``_CHECKSUMS``).
+ARCHIVE_SHA256 = {"v0.01": "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
+                  "v0.02": "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"}
 # Each background-noise file is cut in time so silence clips of different splits never overlap.
 NOISE_REGIONS = {"training": (0.0, 0.8), "validation": (0.8, 0.9), "testing": (0.9, 1.0)}
 CACHE_VERSION = 2
@@ -228,3 +234,26 @@ def build_feature_cache(cache_dir: Path, data_dir: Path, selections: dict[str, t
             counts[subset] = len(labels)
         (tmp / "meta.json").write_text(json.dumps({"version": CACHE_VERSION, **meta, "counts": counts,
                                                    "skipped": skipped}, indent=1))
+
+
+def download_and_extract(root: Path, version: str, data_dir: Path, how: str) -> None:
+    """Fetch ``speech_commands_<version>.tar.gz`` into ``root`` unless it is there already, check its published SHA-256
+    and extract it into ``data_dir`` with no member outside it (``how``: the advice of a failed download)."""
+    archive = root / f"speech_commands_{version}.tar.gz"
+    url, sha256 = ARCHIVE_URL.format(version=version), ARCHIVE_SHA256[version]
+    if archive.is_file():
+        check_sha256(archive, sha256)
+    else:
+        from torch.hub import download_url_to_file  # a temporary file, renamed once its hash matches
+
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            download_url_to_file(url, str(archive), hash_prefix=sha256, progress=True)
+        except OSError as exc:  # offline (URLError), refused, disk full
+            raise DatasetNotFoundError(f"Speech Commands {version}: download of {url} failed "
+                                       f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                                       f"{how}", data_dir) from exc
+        except RuntimeError as exc:  # torch.hub: "invalid hash value"
+            raise DataFileError(url, f"the download does not have the published SHA-256 {sha256}",
+                                "Retry; if it persists the file on the server changed.") from exc
+    extract_tar(archive, data_dir)
