@@ -106,3 +106,19 @@ def test_missing_or_corrupt_recording_is_named(private_root):
 def test_bad_arguments(kwargs, tmp_path):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         DVS128GestureDataModule(root=tmp_path, **kwargs)
+
+
+def test_a_gesture_file_replaced_under_the_same_name_rebuilds_the_cache(private_root):
+    """As for CIFAR10-DVS (issue 19): the cache key holds each event file's size and modification time."""
+    root = private_root("dvs128_gesture")
+    first = make(root)
+    first.setup()
+    rel = first._list_samples()[0][0]
+    index = json.loads((first.cache_dir / "files.json").read_text())["files"].index(rel)
+    before = np.load(first.cache_dir / "frames.npy", mmap_mode="r")[index].copy()
+    events = dict(np.load(first.events_root / rel))
+    np.savez(first.events_root / rel, **{**events, "p": 1 - events["p"]})  # same name, other polarities
+    second = make(root)
+    second.setup()
+    after = np.load(second.cache_dir / "frames.npy", mmap_mode="r")[index]
+    assert np.array_equal(after, before[:, ::-1])  # the two polarity channels swapped: integrated again
