@@ -51,7 +51,7 @@ from bso_lightning.nn.packed import binary_shape, is_packed, pack_signs, unpack_
 from bso_lightning.nn.routing import split_parameters
 
 __all__ = ["MAGIC", "PackedModelError", "export_packed", "export_checkpoint", "load_packed", "read_header",
-           "model_spec_from_hparams", "main"]
+           "model_spec_from_hparams", "model_to_export", "checkpoint_parser", "main"]
 
 MAGIC = b"BSOPACK1"
 _LENGTH = struct.Struct("<I")
@@ -439,25 +439,43 @@ def load_packed(path: PathLike, map_location: Union[str, torch.device] = "cpu") 
 # --------------------------------------------------------------------------- checkpoints and CLI
 
 
-def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
-    """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size.
+def model_to_export(checkpoint: PathLike, out: PathLike) -> tuple[nn.Module, Mapping[str, Any], str, dict[str, Any]]:
+    """(model, hyper-parameters, arch, factory kwargs) of an ``OnlineClassifier`` Lightning checkpoint about to be
+    exported into ``out`` (by :func:`export_checkpoint` and :func:`bso_lightning.interop.nir.export_checkpoint_nir`).
 
-    The checkpoint is read and its model built by :func:`bso_lightning.checkpoints.build_model_from_checkpoint`
-    (``weights_only=True``, size bounds before building): a ``CheckpointError`` (a ``ValueError``) names the file.
+    ``out`` naming the checkpoint itself is refused first. The checkpoint is read and its model built by
+    :func:`bso_lightning.checkpoints.build_model_from_checkpoint` (``weights_only=True``, size bounds before
+    building): a ``CheckpointError`` (a ``ValueError``) names the file.
     """
     checkpoint = Path(checkpoint)
     refuse_overwriting(checkpoint, out)
     model, hparams = build_model_from_checkpoint(checkpoint)
-    arch, kwargs = model_spec_from_hparams(hparams)
+    return (model, hparams, *model_spec_from_hparams(hparams))
+
+
+def export_checkpoint(checkpoint: PathLike, out: PathLike) -> int:
+    """Export the model of an ``OnlineClassifier`` Lightning checkpoint; returns the file size.
+
+    The checkpoint is read and its model built by :func:`model_to_export` (``weights_only=True``, size bounds
+    before building): a ``CheckpointError`` (a ``ValueError``) names the file.
+    """
+    model, _, arch, kwargs = model_to_export(checkpoint, out)
     return export_packed(model, out, arch=arch, arch_kwargs=kwargs)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bso_lightning.export",
-                                     description="Pack the model of an OnlineClassifier checkpoint at 1 bit per "
-                                                 "binary weight (load it with bso_lightning.export.load_packed).")
+def checkpoint_parser(prog: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line of an export from a checkpoint (this module's and :mod:`bso_lightning.export_nir`'s):
+    ``CHECKPOINT OUT``, more options added by the caller."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an OnlineClassifier")
-    parser.add_argument("out", help="output file")
+    parser.add_argument("out", help=out_help)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = checkpoint_parser("python -m bso_lightning.export", "Pack the model of an OnlineClassifier checkpoint "
+                               "at 1 bit per binary weight (load it with bso_lightning.export.load_packed).",
+                               "output file")
     args = parser.parse_args(argv)
     try:
         size = export_checkpoint(args.checkpoint, args.out)

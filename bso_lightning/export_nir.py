@@ -5,19 +5,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional
 
+from bso_lightning.export import checkpoint_parser
 from bso_lightning.interop.nir import DEFAULT_DT, export_checkpoint_nir, read_nir
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bso_lightning.export_nir",
-                                     description="Export the network of an OnlineClassifier checkpoint to NIR "
-                                                 "(read it with nir.read or bso_lightning.interop.nir.import_nir).")
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of an OnlineClassifier")
-    parser.add_argument("out", help="output .nir file")
+    parser = checkpoint_parser("python -m bso_lightning.export_nir", "Export the network of an OnlineClassifier "
+                               "checkpoint to NIR (read it with nir.read or bso_lightning.interop.nir.import_nir).",
+                               "output .nir file")
     parser.add_argument("--input-shape", type=int, nargs=3, required=True, metavar=("C", "H", "W"),
                         help="one input sample's shape (e.g. 3 32 32 for CIFAR, 2 48 48 for CIFAR10-DVS)")
     parser.add_argument("--dt", type=float, default=DEFAULT_DT, help=f"seconds per time step (default {DEFAULT_DT})")

@@ -206,27 +206,28 @@ def _index(header: dict, name: str) -> int:
     return next(i for i, e in enumerate(header["tensors"]) if e["name"] == name)
 
 
+def _put(target: dict, key: str, value) -> None:
+    """``target[key] = value``; ``value=KeyError`` deletes the key."""
+    if value is KeyError:
+        del target[key]
+    else:
+        target[key] = value
+
+
 def _edit(field: str, value):
     def apply(header: dict, payload: bytes):
         target = header
         *parents, last = field.split("/")
         for key in parents:
             target = target[key]
-        if value is KeyError:
-            del target[last]
-        else:
-            target[last] = value
+        _put(target, last, value)
         return header, payload
     return apply
 
 
 def _tensor(name: str, key: str, value):
     def apply(header: dict, payload: bytes):
-        entry = header["tensors"][_index(header, name)]
-        if value is KeyError:
-            del entry[key]
-        else:
-            entry[key] = value
+        _put(header["tensors"][_index(header, name)], key, value)
         return header, payload
     return apply
 

@@ -539,17 +539,13 @@ def export_checkpoint_nir(checkpoint: PathLike, out: PathLike, input_shape: Sequ
                           dt: float = DEFAULT_DT, batchnorm: BatchNormMode = "separate") -> int:
     """Export the network of an ``OnlineClassifier`` Lightning checkpoint to a ``.nir`` file; returns its size.
 
-    The checkpoint is read and its model built by :func:`bso_lightning.checkpoints.build_model_from_checkpoint`
-    (``weights_only=True``, size bounds before building): a ``CheckpointError`` (a ``ValueError``) names the file.
+    The checkpoint is read and its model built as for the packed export (:func:`bso_lightning.export.model_to_export`:
+    ``weights_only=True``, size bounds before building): a ``CheckpointError`` (a ``ValueError``) names the file.
     """
-    from bso_lightning.atomic import refuse_overwriting
-    from bso_lightning.checkpoints import build_model_from_checkpoint
-    from bso_lightning.export import model_spec_from_hparams  # the model spec shared with the packed export
+    from bso_lightning.export import model_to_export
 
     checkpoint = Path(checkpoint)
-    refuse_overwriting(checkpoint, out)
-    model, hparams = build_model_from_checkpoint(checkpoint)
-    arch, kwargs = model_spec_from_hparams(hparams)
+    model, hparams, arch, kwargs = model_to_export(checkpoint, out)
     try:
         graph = export_nir(model.eval(), input_shape, dt=dt, batchnorm=batchnorm, time_steps=hparams.get("time_steps"),
                            arch=arch, arch_kwargs=kwargs)
