@@ -70,11 +70,14 @@ def test_config_parses_with_its_paper_values(config, tmp_path, monkeypatch):
     cli = build_cli(["--config", str(config), "--trainer.accelerator", "cpu"], run=False)
     model_args = raw["model"]["init_args"]
     assert cli.model.hparams.time_steps == model_args["time_steps"]
-    for key in ("optimizer", "threshold", "schedule", "schedule_every", "lr"):
-        if key in model_args:
-            assert cli.model.hparams[key] == pytest.approx(model_args[key]), key
-    if model_args.get("optimizer") == "tbso" and "betas" in model_args:
-        assert list(cli.model.hparams.betas) == pytest.approx(model_args["betas"])
+    hparams = cli.model.hparams
+    for name in ("optimizer", "schedule", "fp_optimizer", "lr_scheduler"):  # class and arguments as the file says
+        if name in model_args:
+            assert hparams[name]["class_path"] == model_args[name]["class_path"], name
+            for key, value in (model_args[name].get("init_args") or {}).items():
+                assert hparams[name]["init_args"][key] == pytest.approx(value), f"{name}.init_args.{key}"
+    for key, value in (model_args.get("loop") or {}).items():
+        assert hparams.loop[key] == value, f"loop.{key}"
     # num_classes / in_channels come from the DataModule, not from the config
     assert "num_classes" not in model_args and "in_channels" not in model_args
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes

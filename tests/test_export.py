@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -9,7 +11,7 @@ from spikingjelly.activation_based import functional
 
 from bso_lightning.export import PackedModelError, export_packed, load_packed, main, read_header
 from bso_lightning.models import model_size_bytes, small_cnn, vgg11
-from bso_lightning.optim import split_parameters
+from bso_lightning.optim import CosineAnnealingToZero, split_parameters
 from bso_lightning.tasks import OnlineClassifier
 from datamodules import DigitsDataModule
 
@@ -133,8 +135,8 @@ def test_corrupt_files_raise_an_error_naming_the_file(packed_vgg, tmp_path, dama
 
 
 def test_cli_exports_a_lightning_checkpoint(tmp_path, capsys):
-    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, cosine_epochs=1,
-                            bn_recalibration_batches=0)
+    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2,
+                            lr_scheduler=partial(CosineAnnealingToZero, epochs=1), bn_recalibration_batches=0)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)

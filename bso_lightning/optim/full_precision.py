@@ -46,5 +46,10 @@ class CosineAnnealingToZero(torch.optim.lr_scheduler.CosineAnnealingLR):
                              "(the cosine learning rate runs over epochs)")
         self.T_max = max_epochs
 
+    def state_dict(self) -> dict[str, Any]:
+        """``CosineAnnealingLR``'s state (``T_max`` included), as checkpoints held it before; ``epochs`` is a setting
+        of the constructor, not state."""
+        return {k: v for k, v in super().state_dict().items() if k != "epochs"}
+
 
 __all__ = ["CosineAnnealingToZero", "FullPrecisionSGD"]

@@ -2,15 +2,16 @@
 
 :class:`TimeSteppedClassifier` holds what :class:`~bso_lightning.tasks.OnlineClassifier` and the baselines
 (:mod:`bso_lightning.tasks.baselines`) share: the prediction (mean output over T), evaluation (loss Eq. 8 and
-accuracy), BatchNorm re-estimation before evaluation, the per-time-step online training loop, the checks of the
-shared hyper-parameters and the stepping of the schedules (the per-epoch ones with the epoch's last batch).
+accuracy), BatchNorm re-estimation before evaluation, the checks of the shared hyper-parameters, the stepping of
+the schedules (the per-epoch ones with the epoch's last batch) and the checkpoint checks (hyper-parameters of older
+versions translated, :mod:`bso_lightning.tasks.legacy`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,32 +19,51 @@ from spikingjelly.activation_based import functional
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from bso_lightning.checkpoints import (
+    CheckpointError, check_compatible, check_loaded_state, check_model_bounds, check_same_time_steps,
+    check_state_dict_fits, read_checkpoint,
+)
 from bso_lightning.models.spec import BATCHNORM_STATISTICS
 from bso_lightning.nn.batchnorm import recalibrate_batchnorm
-from bso_lightning.optim.checks import check_threshold
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
-from bso_lightning.tasks.faults import (
-    EvaluationInputs, check_compatible, check_model_bounds, check_same_time_steps, check_state_dict_fits,
-    read_checkpoint,
-)
+from bso_lightning.tasks.faults import EvaluationInputs
 from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor, run_long_enough_to_warn
+from bso_lightning.tasks.legacy import NEURON_DEFAULTS, translate_legacy
+from bso_lightning.tasks.loop import UPDATES, check_choice  # noqa: F401 - (imported from here by the baselines)
 from bso_lightning.tasks.loss import online_loss
 from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state, load_batchnorm_state
-from bso_lightning.tasks.state_guard import StateGuard, check_loaded_state, guarded_tensors
+from bso_lightning.tasks.state_guard import StateGuard, guarded_tensors
 
 log = logging.getLogger(__name__)
 
-UPDATES = ("realtime", "accumulated")
 BN_RECALIBRATION_SEED = 1234
 #: Checkpoint entry of :meth:`TimeSteppedClassifier._checkpoint_extras` (named after the first class that
 #: wrote it; kept so that older checkpoints resume).
 CHECKPOINT_EXTRAS_KEY = "online_classifier"
 
 
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+def architecture_view(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """What of ``hparams`` fixes the weights' shapes and the optimizer state's layout, the same for every version:
+    ``arch``, ``arch_kwargs`` (without the neuron's ``decay``/``v_threshold``), ``num_classes``, ``in_channels`` and
+    the binary optimizer's kind (``"tbso"``, ``"bso"``; checkpoints before issue 22 spell it so)."""
+    from bso_lightning.optim.base import BinaryOptimizer
+    from bso_lightning.tasks.specs import loaded_class
+
+    view = {k: hparams[k] for k in ("arch", "num_classes", "in_channels") if k in hparams}
+    if "arch_kwargs" in hparams:
+        view["arch_kwargs"] = {k: v for k, v in dict(hparams["arch_kwargs"] or {}).items() if k not in NEURON_DEFAULTS}
+    optimizer = hparams.get("optimizer")
+    if isinstance(optimizer, str):
+        view["optimizer"] = optimizer
+    elif isinstance(optimizer, Mapping) and isinstance(optimizer.get("class_path"), str):
+        class_path = optimizer["class_path"]
+        try:
+            binary = issubclass(loaded_class(class_path, "optimizer", object), BinaryOptimizer)
+        except ValueError:
+            binary = True  # (not loaded: compared by name)
+        if binary:
+            view["optimizer"] = {"TBSO": "tbso", "BSO": "bso"}.get(class_path.rpartition(".")[2], class_path)
+    return view
 
 
 class TimeSteppedClassifier(L.LightningModule):
@@ -51,11 +71,17 @@ class TimeSteppedClassifier(L.LightningModule):
 
     A subclass keeps its own explicit ``__init__`` (LightningCLI reads it), calls ``save_hyperparameters()``
     and :meth:`_check_shared_hyperparameters`, builds ``self.model`` and calls :meth:`_make_metrics`. The
-    methods here read the hyper-parameters ``time_steps``, ``mse_weight``, ``bn_recalibration_batches``,
-    ``cosine_epochs`` and (the online loop only) ``update_mode``.
+    methods here read the hyper-parameters ``time_steps`` and ``bn_recalibration_batches``, and :attr:`mse_weight`.
     """
 
     model: torch.nn.Module
+    #: Which flat hyper-parameters of the versions before issue 22 this class translates (tasks/legacy.py).
+    legacy_baseline = False
+
+    @property
+    def mse_weight(self) -> float:
+        """α of the loss (Eq. 8)."""
+        return self.hparams.mse_weight
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,23 +89,40 @@ class TimeSteppedClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- construction
     def _check_shared_hyperparameters(self) -> None:
-        """Check time_steps, mse_weight, lr, momentum, weight_decay (latent_lr), cosine_epochs and
-        bn_recalibration_batches (the neuron's decay and v_threshold are checked where the model is built)."""
+        """Check time_steps, mse_weight, bn_recalibration_batches and batchnorm_statistics (the neuron's decay and
+        v_threshold are checked where the model is built, the optimizers' arguments where they are built)."""
         hp = self.hparams
         if not isinstance(hp.time_steps, int) or hp.time_steps < 1:
             raise ValueError(f"time_steps must be an integer >= 1, got {hp.time_steps!r}")
-        if not 0.0 <= hp.mse_weight <= 1.0:
-            raise ValueError(f"mse_weight must lie in [0, 1], got {hp.mse_weight}")
-        for name in ("lr", "momentum", "weight_decay", "latent_lr"):  # NaN/Inf refused here, not after a step
-            if name in hp:
-                check_threshold(hp[name], name)  # "<name> must be a finite number >= 0, got nan"
-        cosine_epochs = hp.get("cosine_epochs")
-        if cosine_epochs is not None and (not isinstance(cosine_epochs, int) or isinstance(cosine_epochs, bool)
-                                          or cosine_epochs < 1):
-            raise ValueError(f"cosine_epochs must be an integer >= 1 (or None: trainer.max_epochs), got {cosine_epochs!r}")
+        if not 0.0 <= self.mse_weight <= 1.0:
+            raise ValueError(f"mse_weight must lie in [0, 1], got {self.mse_weight}")
         if hp.bn_recalibration_batches < 0:
             raise ValueError(f"bn_recalibration_batches must be >= 0, got {hp.bn_recalibration_batches}")
         check_choice("batchnorm_statistics", hp.get("batchnorm_statistics", "pooled"), BATCHNORM_STATISTICS)
+
+    def _inject(self, **given: tuple[Any, type]) -> None:
+        """Keep a builder for each injected argument (``name=(value, base class)``) in ``self._factories`` and its
+        plain description in the hyper-parameters (:mod:`bso_lightning.tasks.specs`)."""
+        from bso_lightning.tasks.specs import factory_of, spec_of
+
+        self._factories = getattr(self, "_factories", {})
+        for name, (value, base) in given.items():
+            self._factories[name] = factory_of(value, name, base)
+            if not isinstance(self.hparams[name], Mapping):  # (LightningCLI gives the parsed config: plain already)
+                self.hparams[name] = spec_of(value, name)
+
+    def _build(self, name: str, target: Any, base: type) -> Any:
+        """``self._factories[name](target)``, checked: an instance of ``base`` whose numeric settings (``lr``,
+        ``momentum``, ...) are finite numbers >= 0 (NaN/Inf refused here, not after a step)."""
+        built = self._factories[name](target)
+        if not isinstance(built, base):
+            raise ValueError(f"{name} must build a {base.__name__}, built {type(built).__name__}")
+        for group in getattr(built, "param_groups", []) if isinstance(built, torch.optim.Optimizer) else []:
+            for key in ("lr", "momentum", "weight_decay"):
+                value = group.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < float("inf"):
+                    raise ValueError(f"{name}.{key} must be a finite number >= 0, got {value!r}")
+        return built
 
     def _make_metrics(self, num_classes: int) -> None:
         self.train_acc = MulticlassAccuracy(num_classes)
@@ -87,15 +130,6 @@ class TimeSteppedClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes)
         self.val_acc_running_bn = MulticlassAccuracy(num_classes)  # the authors' evaluation (running BN statistics)
         self.test_acc_running_bn = MulticlassAccuracy(num_classes)
-
-    def _cosine_epochs(self) -> int:
-        """Length of the cosine learning-rate schedule: ``cosine_epochs``, else ``trainer.max_epochs``."""
-        max_epochs = self.trainer.max_epochs
-        epochs = self.hparams.cosine_epochs or (max_epochs if max_epochs and max_epochs > 0 else None)
-        if epochs is None:
-            raise ValueError("cosine_epochs must be set when the trainer has no max_epochs (the cosine schedule "
-                             "of the learning rate runs over epochs)")
-        return epochs
 
     # ----------------------------------------------------------------- time loop
     def forward(self, x: Tensor) -> Tensor:
@@ -108,35 +142,6 @@ class TimeSteppedClassifier(L.LightningModule):
             total = out if total is None else total + out
         functional.reset_net(self.model)
         return total / self.hparams.time_steps
-
-    def _online_time_loop(self, x: Tensor, y: Tensor, step: Callable[[int], None],
-                          before_backward: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
-        """Online training on one batch; returns the summed outputs and losses (detached).
-
-        Resets the neurons; for t = 0..T−1: forward, L[t] (Eq. 8), ``before_backward(t)``, backward, then — with
-        ``update_mode="realtime"`` — ``step(t)`` and zeroed gradients; with ``"accumulated"`` only after the
-        last step, as ``step(0)``.
-        """
-        hp = self.hparams
-        functional.reset_net(self.model)
-        output_sum = torch.zeros((), device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        realtime = hp.update_mode == "realtime"
-        optimizers = self._optimizer_list()
-        for t in range(hp.time_steps):
-            out = self.model(input_at_time_step(x, t))
-            loss = online_loss(out, y, hp.time_steps, hp.mse_weight)
-            if before_backward is not None:
-                before_backward(t)
-            self.manual_backward(loss)
-            if realtime or t == hp.time_steps - 1:
-                step(t if realtime else 0)
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-            output_sum = output_sum + out.detach()
-            loss_sum = loss_sum + loss.detach()
-        functional.reset_net(self.model)
-        return output_sum, loss_sum
 
     def _log_train(self, output_sum: Tensor, loss_sum: Tensor, y: Tensor) -> None:
         self.train_acc(output_sum / self.hparams.time_steps, y)
@@ -204,7 +209,7 @@ class TimeSteppedClassifier(L.LightningModule):
         saved = checkpoint.get("hyper_parameters")
         path = (self._trainer.ckpt_path if self._trainer is not None else None) or "<checkpoint>"
         if isinstance(saved, Mapping):
-            check_compatible(saved, self.hparams, path)
+            check_compatible(architecture_view(saved), architecture_view(self.hparams), path)
             if self._trainer is not None and self.trainer.state.fn == "fit":  # (evaluating at another T is fine)
                 check_same_time_steps(saved, self.hparams, path)
         state = checkpoint.get("state_dict", {})
@@ -220,12 +225,24 @@ class TimeSteppedClassifier(L.LightningModule):
         """Lightning's ``load_from_checkpoint``, after checking a local file's hyper-parameters (with the ``kwargs``
         that override them) against the size bounds (:func:`~bso_lightning.tasks.faults.check_model_bounds`):
         a file cannot make it build a model of any size."""
+        import inspect
         import os
+
+        from bso_lightning.tasks.specs import check_class_paths_loaded
 
         if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
             saved = read_checkpoint(checkpoint_path).get("hyper_parameters")
             if isinstance(saved, Mapping) and "arch" in saved:
                 check_model_bounds({**saved, **{k: v for k, v in kwargs.items() if k in saved}}, checkpoint_path)
+                try:
+                    check_class_paths_loaded(saved)  # (before anything could import the module a file names)
+                except ValueError as error:
+                    raise CheckpointError(checkpoint_path, str(error)) from None
+                # flat hyper-parameters of older versions in today's spelling; built by this class itself, never by
+                # an instantiator the file names (LightningCLI's would import every class_path in it)
+                names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+                translated = translate_legacy(saved, baseline=cls.legacy_baseline)
+                kwargs = {**{k: v for k, v in translated.items() if k in names}, **kwargs, "_instantiator": None}
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def _restore_checkpoint_extras(self, extras: Mapping[str, Any]) -> None:
@@ -244,7 +261,7 @@ class TimeSteppedClassifier(L.LightningModule):
         x, y = batch
         self._evaluation_inputs().update(x)  # NaN/Inf inputs counted on the device, reported once per epoch
         output = self(x)
-        loss = online_loss(output, y, 1, self.hparams.mse_weight)
+        loss = online_loss(output, y, 1, self.mse_weight)
         metric(output, y)
         self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)  # mean over DDP processes at epoch end
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))

@@ -8,7 +8,7 @@
   time steps, one backward through all T steps per batch, latent weights clipped to [−1, 1] after each step.
 
 Both take the :class:`OnlineClassifier` arguments that apply to them (``arch``, ``num_classes``,
-``in_channels``, ``time_steps``, ``lr``, ...), build the same architecture with other weights or neurons
+``in_channels``, ``time_steps``, ``fp_optimizer``, ``lr_scheduler``, ...), build the same architecture with other weights or neurons
 (:func:`bso_lightning.models.build_model_from_hparams`) and use the same loss (Eq. 8). Like
 :class:`OnlineClassifier` they subclass :class:`~bso_lightning.tasks.base.TimeSteppedClassifier`, so they
 predict, evaluate and re-estimate BatchNorm statistics with the same code (none of the online classifier's
@@ -31,23 +31,37 @@ from torch import Tensor
 
 from bso_lightning.models import build_model_from_hparams
 from bso_lightning.nn.latent import clip_latent_, latent_parameters
-from bso_lightning.optim import check_partition, split_parameters
-from bso_lightning.tasks.base import UPDATES, TimeSteppedClassifier, check_choice
+from bso_lightning.optim import CosineAnnealingToZero, FullPrecisionSGD, check_partition, split_parameters
+from bso_lightning.tasks.base import TimeSteppedClassifier
 from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
+from bso_lightning.tasks.loop import UPDATES, check_choice
 from bso_lightning.tasks.loss import online_loss
+from bso_lightning.tasks.online import LRSchedulerCallable, OptimizerCallable
 
-LATENT_OPTIMIZERS = ("adam", "sgd")
+LRScheduler = torch.optim.lr_scheduler.LRScheduler
+
+
+def _lr_schedulers(task: TimeSteppedClassifier, optimizers: list[torch.optim.Optimizer]) -> list[LRScheduler]:
+    schedulers = [task._build("lr_scheduler", opt, LRScheduler) for opt in optimizers]
+    for scheduler in schedulers:
+        if isinstance(scheduler, CosineAnnealingToZero):
+            scheduler.set_max_epochs(task.trainer.max_epochs)
+    return schedulers
 
 
 class OTTTClassifier(TimeSteppedClassifier):
     """Full-precision online training (OTTT): BSO's online loop with real-valued weights and SGD.
 
     Args:
-        arch, num_classes, in_channels, arch_kwargs, time_steps, trace, update_mode, mse_weight, decay,
-        v_threshold, bn_recalibration_batches, batchnorm_statistics: as in :class:`OnlineClassifier`.
-        lr, momentum, weight_decay: SGD for **every** parameter (hidden convs included), cosine-annealed to 0
-            over ``cosine_epochs`` (default ``trainer.max_epochs``).
+        arch, num_classes, in_channels, arch_kwargs, time_steps, trace, bn_recalibration_batches,
+        batchnorm_statistics: as in :class:`OnlineClassifier`.
+        update_mode, mse_weight: as in :class:`~bso_lightning.tasks.loop.OnlineLoop`.
+        fp_optimizer: builds the optimizer of **every** parameter (hidden convs included; default
+            :class:`~bso_lightning.optim.FullPrecisionSGD`, lr 0.1, momentum 0.9).
+        lr_scheduler: its learning-rate schedule (default cosine to 0 over ``trainer.max_epochs``).
     """
+
+    legacy_baseline = True
 
     def __init__(
         self,
@@ -58,37 +72,46 @@ class OTTTClassifier(TimeSteppedClassifier):
         time_steps: int = 4,
         trace: Literal["ottt", "ndot"] = "ottt",
         update_mode: Literal["realtime", "accumulated"] = "realtime",
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        cosine_epochs: Optional[int] = None,
+        fp_optimizer: OptimizerCallable = FullPrecisionSGD,
+        lr_scheduler: LRSchedulerCallable = CosineAnnealingToZero,
         mse_weight: float = 0.05,
-        decay: float = 0.5,
-        v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
         batchnorm_statistics: Literal["per_time_step", "pooled"] = "per_time_step",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         check_choice("update_mode", update_mode, UPDATES)
+        self._inject(fp_optimizer=(fp_optimizer, torch.optim.Optimizer), lr_scheduler=(lr_scheduler, LRScheduler))
         self._check_shared_hyperparameters()
         self.model = build_model_from_hparams(self.hparams, weights="full_precision")
         self.split = split_parameters(self.model)
+        self.configure_optimizers(check_only=True)
         self._make_metrics(num_classes)
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=hp.lr,
-                              momentum=hp.momentum, weight_decay=hp.weight_decay)
+    def configure_optimizers(self, check_only: bool = False):
+        opt = self._build("fp_optimizer", [p for p in self.model.parameters() if p.requires_grad], torch.optim.Optimizer)
         check_partition(self.model, [opt])
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self._cosine_epochs(), eta_min=0.0)
-        return [opt], [cosine]
+        if check_only:
+            return self._build("lr_scheduler", opt, LRScheduler)
+        return [opt], _lr_schedulers(self, [opt])
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        """For t = 0..T−1: forward, L[t] (Eq. 8), backward, step (every t, or once after the last)."""
         x, y = batch
-        check_time_steps(x, self.hparams.time_steps)
+        T, hp = self.hparams.time_steps, self.hparams
+        check_time_steps(x, T)
         opt = self.optimizers()
-        output_sum, loss_sum = self._online_time_loop(x, y, lambda time_step: opt.step())
+        functional.reset_net(self.model)
+        output_sum, loss_sum = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for t in range(T):
+            out = self.model(input_at_time_step(x, t))
+            loss = online_loss(out, y, T, hp.mse_weight)
+            self.manual_backward(loss)
+            if hp.update_mode == "realtime" or t == T - 1:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            output_sum, loss_sum = output_sum + out.detach(), loss_sum + loss.detach()
+        functional.reset_net(self.model)
         self._log_train(output_sum, loss_sum, y)
         self._advance_schedules()
         return loss_sum
@@ -102,14 +125,16 @@ class BPTTLatentClassifier(TimeSteppedClassifier):
     optimizer, then clip the latent weights to [−1, 1].
 
     Args:
-        arch, num_classes, in_channels, arch_kwargs, time_steps, mse_weight, decay, v_threshold,
-        bn_recalibration_batches, batchnorm_statistics: as in :class:`OnlineClassifier`.
-        latent_optimizer: ``"adam"`` (default) or ``"sgd"`` (momentum ``momentum``) for the latent weights.
-        latent_lr: learning rate of the latent weights (cosine-annealed to 0).
+        arch, num_classes, in_channels, arch_kwargs, time_steps, bn_recalibration_batches, batchnorm_statistics:
+            as in :class:`OnlineClassifier`; mse_weight: α of Eq. 8.
+        latent_optimizer: builds the latent weights' optimizer (default ``torch.optim.Adam``, lr 1e-3).
         clip_latent: clip latent weights to [−1, 1] after each step.
-        lr, momentum, weight_decay: SGD for the full-precision parameters (first conv, BatchNorm, classifier),
-            cosine-annealed to 0 over ``cosine_epochs`` (default ``trainer.max_epochs``).
+        fp_optimizer: builds the full-precision parameters' optimizer (first conv, BatchNorm, classifier; default
+            :class:`~bso_lightning.optim.FullPrecisionSGD`).
+        lr_scheduler: the learning-rate schedule of both (default cosine to 0 over ``trainer.max_epochs``).
     """
+
+    legacy_baseline = True
 
     def __init__(
         self,
@@ -118,49 +143,43 @@ class BPTTLatentClassifier(TimeSteppedClassifier):
         in_channels: int = 1,
         arch_kwargs: Optional[dict[str, Any]] = None,
         time_steps: int = 4,
-        latent_optimizer: Literal["adam", "sgd"] = "adam",
-        latent_lr: float = 1e-3,
+        latent_optimizer: OptimizerCallable = torch.optim.Adam,
         clip_latent: bool = True,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        cosine_epochs: Optional[int] = None,
+        fp_optimizer: OptimizerCallable = FullPrecisionSGD,
+        lr_scheduler: LRSchedulerCallable = CosineAnnealingToZero,
         mse_weight: float = 0.05,
-        decay: float = 0.5,
-        v_threshold: float = 1.0,
         bn_recalibration_batches: int = 20,
         batchnorm_statistics: Literal["per_time_step", "pooled"] = "per_time_step",
     ) -> None:
-        if latent_optimizer not in LATENT_OPTIMIZERS:
-            raise ValueError(f"latent_optimizer must be one of {LATENT_OPTIMIZERS}, got {latent_optimizer!r}")
-        if not latent_lr >= 0:
-            raise ValueError(f"latent_lr must be >= 0, got {latent_lr}")
         super().__init__()
         self.save_hyperparameters()
+        self._inject(latent_optimizer=(latent_optimizer, torch.optim.Optimizer),
+                     fp_optimizer=(fp_optimizer, torch.optim.Optimizer), lr_scheduler=(lr_scheduler, LRScheduler))
         self._check_shared_hyperparameters()
         self.model = build_model_from_hparams(self.hparams, weights="latent", neuron="bptt")
         self.split = split_parameters(self.model)
+        self._optimizers(check_only=True)
         self._make_metrics(num_classes)
 
     def latent_parameters(self) -> list[torch.nn.Parameter]:
         """The real-valued latent weights (binarised by sign in the forward pass)."""
         return latent_parameters(self.model)
 
-    def configure_optimizers(self):
-        hp = self.hparams
+    def _optimizers(self, check_only: bool = False) -> list[torch.optim.Optimizer]:
         latent = self.latent_parameters()
         latent_ids = {id(p) for p in latent}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in latent_ids]
-        if hp.latent_optimizer == "adam":
-            latent_opt: torch.optim.Optimizer = torch.optim.Adam(latent, lr=hp.latent_lr)
-        else:
-            latent_opt = torch.optim.SGD(latent, lr=hp.latent_lr, momentum=hp.momentum)
-        fp_opt = torch.optim.SGD(rest, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        check_partition(self.model, [latent_opt, fp_opt])
-        epochs = self._cosine_epochs()
-        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs, eta_min=0.0)
-                      for o in (latent_opt, fp_opt)]
-        return [latent_opt, fp_opt], schedulers
+        optimizers = [self._build("latent_optimizer", latent, torch.optim.Optimizer),
+                      self._build("fp_optimizer", rest, torch.optim.Optimizer)]
+        check_partition(self.model, optimizers)
+        if check_only:
+            for opt in optimizers:
+                self._build("lr_scheduler", opt, LRScheduler)
+        return optimizers
+
+    def configure_optimizers(self):
+        optimizers = self._optimizers()
+        return optimizers, _lr_schedulers(self, optimizers)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch

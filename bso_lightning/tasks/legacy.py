@@ -106,8 +106,7 @@ def translate_baseline(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Flat ``OTTTClassifier``/``BPTTLatentClassifier`` hyper-parameters as today's constructor arguments."""
     hp = dict(hparams)
     out = {k: v for k, v in hp.items() if k not in BASELINE_LEGACY_KEYS | {"latent_optimizer"}}
-    _fp(hp, out)
-    out["optimizer"] = out.pop("fp_optimizer")
+    _fp(hp, out)  # (named fp_optimizer as in OnlineClassifier: a switch of class keeps it, drops `optimizer`)
     if "latent_optimizer" in hp or "latent_lr" in hp:
         lr = hp.get("latent_lr", 1e-3)
         out["latent_optimizer"] = (_spec("torch.optim.SGD", lr=lr, momentum=hp.get("momentum", 0.9))

@@ -21,13 +21,14 @@ construction (BSO/T-BSO only flip signs) and are not scanned.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from bso_lightning.tasks.faults import CheckpointError, NonFiniteError, all_finite, describe_nonfinite
+from bso_lightning.checkpoints import check_loaded_state  # noqa: F401 - (a loaded state_dict: NaN/Inf refused)
+from bso_lightning.tasks.faults import NonFiniteError, all_finite, describe_nonfinite
 
 
 class NonFiniteStateError(NonFiniteError):
@@ -71,11 +72,3 @@ class StateGuard:
             f"{where}: the trained state is not finite: {culprits}; {consequence}. Usual causes: a learning rate "
             "or input scale far too large (the values overflowed float range). `nonfinite='skip'` covers NaN/Inf "
             "inputs and gradients only; a non-finite state always stops the run.")
-
-
-def check_loaded_state(state: Mapping[str, Any], path: Any) -> None:
-    """Raise :class:`~bso_lightning.tasks.faults.CheckpointError` if a loaded ``state_dict`` holds NaN/Inf."""
-    bad = nonfinite_entries(state.items())
-    if bad:
-        raise CheckpointError(path, f"holds non-finite tensors: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
-                                    "; it cannot be resumed or used as pretrained weights")

@@ -2,11 +2,13 @@
 
 import os
 import signal
+from functools import partial
 
 import pytest
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
+from bso_lightning.optim import CosineAnnealingToZero
 from tests.conftest import digits_data, make_task, make_trainer
 
 
@@ -34,7 +36,7 @@ class At(Callback):
 def _fit(tmp_path, *callbacks, **trainer_kwargs):
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0,
                            callbacks=list(callbacks), **trainer_kwargs)
-    trainer.fit(make_task(seed=0, cosine_epochs=1), datamodule=digits_data())
+    trainer.fit(make_task(seed=0, lr_scheduler=partial(CosineAnnealingToZero, epochs=1)), datamodule=digits_data())
     return trainer
 
 

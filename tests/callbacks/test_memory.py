@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from bso_lightning.callbacks import (
     persistent_state_bytes,
 )
 from bso_lightning.models import model_size_bytes, small_cnn
+from bso_lightning.optim import TBSO, CosineAnnealingToZero
 from bso_lightning.tasks import OnlineClassifier
+from bso_lightning.tasks.loop import OnlineLoop
 from datamodules import DigitsDataModule
 
 from .conftest import csv_trainer, read_metrics, rows_with
@@ -99,8 +102,8 @@ def _graph_kept_peak(time_steps: int) -> int:
 
 
 def _online_run(tmp_path, time_steps: int):
-    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=time_steps, cosine_epochs=2,
-                            bn_recalibration_batches=0)
+    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=time_steps,
+                            lr_scheduler=partial(CosineAnnealingToZero, epochs=2), bn_recalibration_batches=0)
     memory = MemoryCallback()
     trainer = csv_trainer(tmp_path, [memory, ModelSizeCallback()], max_epochs=2, limit_train_batches=2)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
@@ -144,8 +147,8 @@ def test_cuda_peak_is_logged(tmp_path):
     block = torch.empty(2**20, dtype=torch.uint8, device=device)
     assert cuda_peak_bytes(device) >= block.numel()
     del block
-    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, cosine_epochs=1,
-                            bn_recalibration_batches=0)
+    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2,
+                            lr_scheduler=partial(CosineAnnealingToZero, epochs=1), bn_recalibration_batches=0)
     trainer = csv_trainer(tmp_path, [MemoryCallback()], accelerator="gpu", max_epochs=1, limit_train_batches=2)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
     row = rows_with(read_metrics(tmp_path), "memory/cuda_peak_bytes")[-1]
@@ -158,10 +161,12 @@ def test_compact_storage_keeps_the_autograd_peak_flat_in_T_and_halves_it(tmp_pat
     peaks = {}
     for options in ("dense", "compact"):
         for time_steps in (1, 4):
-            extra = {} if options == "dense" else dict(weight_storage="packed", momentum_dtype="bfloat16",
-                                                        saved_activation_dtype="bfloat16")
+            extra = {} if options == "dense" else dict(weight_storage="packed",
+                                                        optimizer=partial(TBSO, momentum_dtype="bfloat16"),
+                                                        loop=OnlineLoop(saved_activation_dtype="bfloat16"))
             task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=time_steps,
-                                    cosine_epochs=1, bn_recalibration_batches=0, **extra)
+                                    lr_scheduler=partial(CosineAnnealingToZero, epochs=1), bn_recalibration_batches=0,
+                                    **extra)
             memory = MemoryCallback()
             trainer = csv_trainer(tmp_path / f"{options}{time_steps}", [memory], max_epochs=1, limit_train_batches=2)
             trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))

@@ -48,9 +48,13 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def build_task(settings: dict[str, Any]) -> L.LightningModule:
-    """The tiny classifier with ``settings`` applied (the one place that knows the constructor)."""
-    return OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, bn_recalibration_batches=2,
-                            fused_optimizer=False, **settings)
+    """The tiny classifier with ``settings`` applied (the one place that knows the constructor): the recorded flat
+    settings translated to the constructor of issue 22 (optimizer, schedule, fp_optimizer, lr_scheduler, loop)."""
+    from bso_lightning.tasks.legacy import translate_online
+
+    flat = {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "time_steps": 2, "bn_recalibration_batches": 2,
+            "fused_optimizer": False, "step_in_backward": True, **settings}  # (step_in_backward: the old default)
+    return OnlineClassifier(**translate_online(flat))
 
 
 def _fingerprint(tensor: torch.Tensor) -> dict[str, Any]:

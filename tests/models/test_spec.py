@@ -1,5 +1,7 @@
 """One way from a task's hyper-parameters to its model (models/spec.py), used by the tasks and the export."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from bso_lightning.export import model_spec_from_hparams
 from bso_lightning.models import ModelSpec, build_model, build_model_from_hparams
 from bso_lightning.nn.bptt import BPTTLIFNode
 from bso_lightning.nn.latent import LatentBinaryConv2d
+from bso_lightning.optim import CosineAnnealingToZero
 from bso_lightning.tasks import BPTTLatentClassifier, OnlineClassifier, OTTTClassifier
 
 HPARAMS = dict(arch="small_cnn", arch_kwargs={"width": 4}, num_classes=7, in_channels=2, trace="ndot", decay=0.25,
@@ -31,12 +34,12 @@ def test_the_spec_is_the_factory_call_the_hyper_parameters_name():
 
 
 def test_every_task_builds_its_model_through_the_spec():
-    shared = {k: HPARAMS[k] for k in ("arch", "arch_kwargs", "num_classes", "in_channels", "decay", "v_threshold",
-                                      "time_steps")}
+    shared = {k: HPARAMS[k] for k in ("arch", "num_classes", "in_channels", "time_steps")}
+    shared["arch_kwargs"] = {**HPARAMS["arch_kwargs"], "decay": 0.25, "v_threshold": 0.9}  # (the neuron's settings)
     for cls, weights, neuron in ((OnlineClassifier, "binary", "online"), (OTTTClassifier, "full_precision", "online"),
                                  (BPTTLatentClassifier, "latent", "bptt")):
         torch.manual_seed(0)
-        task = cls(**shared, cosine_epochs=1)
+        task = cls(**shared, lr_scheduler=partial(CosineAnnealingToZero, epochs=1))
         torch.manual_seed(0)
         assert _same(task.model, build_model_from_hparams(task.hparams, weights=weights, neuron=neuron)), cls
     latent = build_model_from_hparams(BPTTLatentClassifier(**shared).hparams, weights="latent", neuron="bptt")
@@ -50,4 +53,4 @@ def test_hyper_parameters_without_arch_or_with_a_repeated_argument_are_refused()
     with pytest.raises(ValueError, match=r"arch_kwargs repeats \['num_classes'\]"):
         ModelSpec.from_hparams({**HPARAMS, "arch_kwargs": {"num_classes": 3}})
     with pytest.raises(ValueError, match="arch_kwargs repeats"):
-        OnlineClassifier(arch_kwargs={"decay": 0.3})
+        OnlineClassifier(arch_kwargs={"trace": "ndot"})  # (the neuron's decay/v_threshold belong in arch_kwargs)

@@ -154,6 +154,8 @@ def test_fused_must_be_a_bool():
 
 
 def test_online_classifier_switch_trains_with_the_fused_step():
+    from functools import partial
+
     import lightning as L
 
     from bso_lightning.nn.packed import binary_signs
@@ -161,8 +163,8 @@ def test_online_classifier_switch_trains_with_the_fused_step():
     from datamodules import DigitsDataModule
 
     L.seed_everything(0)
-    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 4}, time_steps=2, fused_optimizer=True,
-                            threshold=1e-6, bn_recalibration_batches=0)
+    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 4}, time_steps=2,
+                            optimizer=partial(TBSO, fused=True, threshold=1e-6), bn_recalibration_batches=0)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     before = [binary_signs(p) for p in task.split.binary]

@@ -63,7 +63,7 @@ def cpu_as_cuda(monkeypatch):
 
 def test_auto_is_the_default_and_resolves_per_device(monkeypatch):
     opt = TBSO(_params())
-    assert opt.fused is None and OnlineClassifier().hparams.fused_optimizer is None
+    assert opt.fused is None and OnlineClassifier().hparams.optimizer["init_args"].get("fused") is None
     assert opt.fused_on(torch.device("cpu")) is False  # CPU: eager, no compile, no C++ compiler needed
     for triton in (True, False):
         monkeypatch.setattr(base, "_triton_available", lambda triton=triton: triton)

@@ -171,6 +171,8 @@ def test_packed_int8_state_of_vgg11_is_at_most_1_25_bytes_per_weight_with_everyt
 
 
 def test_online_classifier_trains_with_an_int8_momentum():
+    from functools import partial
+
     import lightning as L
 
     from bso_lightning.nn.packed import binary_signs
@@ -178,8 +180,8 @@ def test_online_classifier_trains_with_an_int8_momentum():
     from datamodules import DigitsDataModule
 
     L.seed_everything(0)
-    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 4}, time_steps=2, momentum_dtype="int8",
-                            threshold=1e-6, bn_recalibration_batches=0)
+    task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": 4}, time_steps=2,
+                            optimizer=partial(TBSO, momentum_dtype="int8", threshold=1e-6), bn_recalibration_batches=0)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     before = [binary_signs(p) for p in task.split.binary]

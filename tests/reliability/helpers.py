@@ -6,6 +6,7 @@ import hashlib
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from bso_lightning.optim import StepSchedule
 from bso_lightning.tasks import OnlineClassifier
 from bso_lightning.tasks.base import TimeSteppedClassifier
 from tests import conftest
@@ -26,7 +28,7 @@ BATCHES = 4  # training batches per epoch (limit_train_batches)
 def make_task(seed: int = 0, **kwargs: Any) -> OnlineClassifier:
     """The tiny task of ``tests.conftest`` with a step schedule (×0.5 every epoch), dense weights: the reliability
     cases edit and name ``model.3.weight`` (packed storage: tests/tasks/test_weight_storage.py, tests/nn/test_packed.py)."""
-    return conftest.make_task(seed=seed, **{"schedule": "step", "schedule_every": 1, "schedule_factor": 0.5,
+    return conftest.make_task(seed=seed, **{"schedule": partial(StepSchedule, every=1, factor=0.5),
                                             "weight_storage": "dense", **kwargs})
 
 
@@ -154,6 +156,6 @@ def cli_args(root, *extra):
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.deterministic", "true", "--trainer.num_sanity_val_steps", "0",
             "--model.init_args.arch_kwargs", '{"width": 8}', "--model.init_args.time_steps", "2",
-            "--model.init_args.bn_recalibration_batches", "2", "--model.init_args.schedule", "step",
-            "--model.init_args.schedule_every", "1", "--model.init_args.schedule_factor", "0.5",
+            "--model.init_args.bn_recalibration_batches", "2", "--model.init_args.schedule", "bso_lightning.optim.StepSchedule",
+            "--model.init_args.schedule.every", "1", "--model.init_args.schedule.factor", "0.5",
             "--data.init_args.batch_size", "16", "--test_after_fit", "false", *extra]

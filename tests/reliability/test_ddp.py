@@ -32,7 +32,7 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path, storage, m
         "--model.init_args.arch_kwargs", '{"width": 8}', "--model.init_args.time_steps", "2",
         "--model.init_args.bn_recalibration_batches", "2", "--data.init_args.batch_size", "16",
         "--test_after_fit", "false", "--model.init_args.weight_storage", storage,
-        "--model.init_args.momentum_dtype", momentum_dtype,
+        "--model.init_args.optimizer.init_args.momentum_dtype", momentum_dtype,
         "--trainer.callbacks+=bso_lightning.callbacks.FlipRateCallback",
         "--trainer.callbacks+=bso_lightning.callbacks.MemoryCallback",
         "--trainer.callbacks+=tests.reliability.helpers.DumpState", "--trainer.callbacks.dirpath", str(dump),

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from bso_lightning.optim import split_parameters
 from bso_lightning.tasks import OnlineClassifier
 from bso_lightning.tasks.faults import NonFiniteError, NonFiniteWarning, all_finite, step_if
+from bso_lightning.tasks.loop import OnlineLoop
 from datamodules import DigitsDataModule
 from datamodules.sampling import EpochSeededSampler
 from tests.reliability.helpers import make_task, make_trainer
@@ -92,7 +93,7 @@ def test_nonfinite_input_batch_is_skipped_counted_and_logged(tmp_path):
 
     trainer.save_checkpoint(tmp_path / "faults.ckpt")  # the counts survive a checkpoint
     reloaded = OnlineClassifier.load_from_checkpoint(tmp_path / "faults.ckpt")
-    assert reloaded._fault_counts.tolist() == [1, 0]
+    assert reloaded.faults.counts.tolist() == [1, 0]
 
 
 def test_nonfinite_gradient_changes_nothing_it_touches_and_training_continues(tmp_path):
@@ -134,7 +135,7 @@ def test_raise_mode_stops_before_the_update_naming_the_culprit(tmp_path, fault, 
     trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[around], limit_val_batches=0)
     data = PoisonedDigits() if fault == "input" else DigitsDataModule(batch_size=16)
     with pytest.raises(NonFiniteError, match=message):
-        trainer.fit(make_task(nonfinite="raise"), datamodule=data)
+        trainer.fit(make_task(loop=OnlineLoop(nonfinite="raise")), datamodule=data)
     _assert_equal_states(around.before, states[0])
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.cli import build_cli
+from bso_lightning.optim import CosineAnnealingToZero
 from bso_lightning.tasks import BPTTLatentClassifier, OTTTClassifier
 from bso_lightning.tasks.faults import check_checkpoint
 from datamodules import DigitsDataModule
@@ -91,7 +93,7 @@ def test_interrupted_run_resumes_exactly_from_its_interrupt_and_periodic_checkpo
     assert trainer.interrupted and trainer.global_step == 2 * 2 * 6
     assert saver.saved_path == str(tmp_path / "ckpt" / "interrupted.ckpt")
     one_epoch = make_trainer(tmp_path / "one_epoch", max_epochs=1)
-    one_epoch.fit(make_task(cosine_epochs=EPOCHS), datamodule=digits())  # the reference's learning-rate schedule
+    one_epoch.fit(make_task(lr_scheduler=partial(CosineAnnealingToZero, epochs=EPOCHS)), datamodule=digits())  # the reference's learning-rate schedule
     one_epoch.save_checkpoint(tmp_path / "ckpt" / "after_fit.ckpt")
     expected, seen = reference
     for path, done in [(saver.saved_path, 6), (tmp_path / "ckpt" / f"step={2 * 2 * BATCHES}.ckpt", BATCHES),
@@ -200,4 +202,4 @@ def test_sigterm_to_a_cli_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path,
     resumed = build_cli(cli_args(tmp_path / "resumed", "--ckpt_path", str(saved[0])))
     assert resumed.trainer.global_step == 2 * 2 * EPOCHS * BATCHES
     assert_same(cli_reference, snapshot(resumed.trainer))
-    assert torch.equal(resumed.trainer.lightning_module._fault_counts, torch.zeros(2, dtype=torch.int64))
+    assert torch.equal(resumed.trainer.lightning_module.faults.counts, torch.zeros(2, dtype=torch.int64))

@@ -75,7 +75,7 @@ def test_argument_errors_are_one_line_unless_bso_debug(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BSO_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
-        main(["fit", *TINY, "--model.init_args.threshold", "-1"])
+        main(["fit", *TINY, "--model.init_args.optimizer.init_args.threshold", "-1"])
     assert info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("bso-lightning: error: threshold must be a finite number >= 0, got -1.0  "
@@ -83,7 +83,7 @@ def test_argument_errors_are_one_line_unless_bso_debug(tmp_path, monkeypatch, ca
     assert not any("Traceback" in line for line in err)
     monkeypatch.setenv("BSO_DEBUG", "1")
     with pytest.raises(ValueError, match="Does not validate against any of the Union subtypes"):
-        main(["fit", *TINY, "--model.init_args.threshold", "-1"])
+        main(["fit", *TINY, "--model.init_args.optimizer.init_args.threshold", "-1"])
 
 
 def test_dense_and_packed_binary_weights_are_not_a_mismatch(tiny_checkpoint, tmp_path):

@@ -10,13 +10,16 @@ knows only after it restored its position (``OnlineClassifier.on_train_start``).
 from __future__ import annotations
 
 import signal
+from functools import partial
 from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
-from bso_lightning.tasks.online import SCHEDULES
+from bso_lightning.optim import BSO, TBSO, ConstantSchedule, InverseSqrtSchedule, RunExponentialSchedule
+from bso_lightning.optim import RunInverseSqrtSchedule, RunStepSchedule, StepSchedule
+from bso_lightning.tasks.loop import OnlineLoop
 from tests import conftest
 from tests.reliability.helpers import BATCHES, InterruptAt, RecordBatches, assert_same, digits, make_trainer, snapshot
 
@@ -26,18 +29,30 @@ MID_EPOCH = BATCHES + 2  # after batch 2 of epoch 1
 END_OF_EPOCH = BATCHES  # after the last batch of epoch 0
 
 #: Each schedule at the library's defaults, and the issue-12 options on the default schedule.
+#: (The per-epoch schedules are made to move within this 2-epoch run.)
+SCHEDULES = {"constant": ConstantSchedule, "step": partial(StepSchedule, every=1, factor=0.5),
+             "inv_sqrt": partial(InverseSqrtSchedule, scale=0.5), "run_step": RunStepSchedule,
+             "run_exp": RunExponentialSchedule, "run_inv_sqrt": RunInverseSqrtSchedule}
 CASES = [{"schedule": s} for s in SCHEDULES] + [
     {"momentum_dtype": "bfloat16"},
     {"step_in_backward": False},
     {"weight_storage": "dense", "step_in_backward": False},
     {"optimizer": "bso", "reset_momentum_on_flip": True, "momentum_dtype": "bfloat16"},
 ]
-#: The per-epoch schedules are made to move within this 2-epoch run.
-SCHEDULE_SETTINGS = {"step": {"schedule_every": 1, "schedule_factor": 0.5}, "inv_sqrt": {"schedule_scale": 0.5}}
 
 
 def _task(seed: int, case: dict):
-    return conftest.make_task(seed=seed, **SCHEDULE_SETTINGS.get(case.get("schedule"), {}), **case)
+    """The case's settings (named as in the test ids) as the classifier's arguments."""
+    case = dict(case)
+    kwargs = {"schedule": SCHEDULES[case.pop("schedule")]} if "schedule" in case else {}
+    if "weight_storage" in case:
+        kwargs["weight_storage"] = case.pop("weight_storage")
+    if "step_in_backward" in case:
+        kwargs["loop"] = OnlineLoop(step_in_backward=case.pop("step_in_backward"))
+    if case:
+        optimizer = BSO if case.pop("optimizer", "tbso") == "bso" else TBSO
+        kwargs["optimizer"] = partial(optimizer, **case)
+    return conftest.make_task(seed=seed, **kwargs)
 
 
 @pytest.fixture

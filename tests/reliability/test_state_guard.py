@@ -3,11 +3,15 @@ an epoch that drops too many batches fails, one summary per epoch (case 5)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from bso_lightning.optim import FullPrecisionSGD
 from bso_lightning.tasks.faults import CheckpointError, NonFiniteError, NonFiniteWarning
+from bso_lightning.tasks.loop import OnlineLoop
 from bso_lightning.tasks.state_guard import NonFiniteStateError, StateGuard, guarded_tensors
 from datamodules import DigitsDataModule
 from datamodules.sampling import EpochSeededSampler
@@ -51,7 +55,7 @@ def test_overflowing_run_stops_naming_the_tensor_and_the_step_and_saves_nothing(
     trainer = make_trainer(tmp_path, max_epochs=1, enable_checkpointing=True,
                            callbacks=[ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=1, save_last=True)])
     with pytest.raises(NonFiniteStateError) as info:
-        trainer.fit(make_task(lr=1e30), datamodule=ScaledDigits(1e30))
+        trainer.fit(make_task(fp_optimizer=partial(FullPrecisionSGD, lr=1e30)), datamodule=ScaledDigits(1e30))
     message = str(info.value)
     assert "epoch 0 (global_step 4): the trained state is not finite: " in message  # after the first batch (2T steps)
     assert "running_var (" in message and "Inf of" in message
@@ -110,9 +114,9 @@ def test_an_epoch_that_drops_every_batch_fails(tmp_path):
 def test_an_epoch_that_drops_more_than_the_allowed_fraction_fails(tmp_path):
     trainer = make_trainer(tmp_path, max_epochs=1, limit_val_batches=0)
     with pytest.raises(NonFiniteError, match=r"skipped 2 of 4 .*more than max_skipped_fraction=0\.25"):
-        trainer.fit(make_task(max_skipped_fraction=0.25), datamodule=NaNBatches([0, 2]))
+        trainer.fit(make_task(loop=OnlineLoop(max_skipped_fraction=0.25)), datamodule=NaNBatches([0, 2]))
     with pytest.raises(ValueError, match=r"max_skipped_fraction must lie in \[0, 1\], got 1\.5"):
-        make_task(max_skipped_fraction=1.5)
+        make_task(loop={"max_skipped_fraction": 1.5})
 
 
 def test_one_summary_per_epoch(tmp_path, recwarn):

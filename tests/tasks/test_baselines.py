@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -13,13 +15,14 @@ from bso_lightning.models.variants import build_variant, convert_neurons
 from bso_lightning.nn import BinaryConv2d, BinaryLayer, OnlineConv2d, OnlineLIFNode
 from bso_lightning.nn.bptt import BPTTLIFNode
 from bso_lightning.nn.latent import LatentBinaryConv2d, LatentBinaryLinear, clip_latent_, sign_ste
-from bso_lightning.optim import split_parameters
+from bso_lightning.optim import BSO, CosineAnnealingToZero, split_parameters
 from bso_lightning.tasks import BPTTLatentClassifier, OnlineClassifier, OTTTClassifier
 from tests.tasks.conftest import make_trainer
 
 # 4 re-estimation batches of 16: per-time-step BatchNorm statistics (the default) estimate one set per step from
 # them; with 2 batches (32 samples per set) BPTT's test accuracy read 0.30 instead of 0.41 (0.38 pooled)
-SMALL = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, cosine_epochs=2, bn_recalibration_batches=4)
+SMALL = dict(arch="small_cnn", arch_kwargs={"width": 8}, time_steps=2, lr_scheduler=partial(CosineAnnealingToZero, epochs=2),
+             bn_recalibration_batches=4)
 
 
 def _test_acc(task, tmp_path, digits) -> float:
@@ -116,7 +119,7 @@ def test_variants_swap_every_binary_layer_and_neuron(arch, kwargs):
 @pytest.mark.parametrize("cls", [OTTTClassifier, BPTTLatentClassifier])
 def test_baseline_trains_and_improves(tmp_path, digits, cls):
     L.seed_everything(0)
-    task = cls(**SMALL, **({"latent_lr": 1e-2} if cls is BPTTLatentClassifier else {}))
+    task = cls(**SMALL, **({"latent_optimizer": partial(torch.optim.Adam, lr=1e-2)} if cls is BPTTLatentClassifier else {}))
     before = _test_acc(task, tmp_path, digits)
     trainer = make_trainer(tmp_path, max_epochs=2, limit_train_batches=30, limit_val_batches=0)
     trainer.fit(task, datamodule=digits)
@@ -128,7 +131,7 @@ def test_baseline_trains_and_improves(tmp_path, digits, cls):
 
 def test_bptt_keeps_real_valued_latent_weights_and_bso_does_not(tmp_path, digits):
     L.seed_everything(0)
-    bso = OnlineClassifier(optimizer="bso", weight_storage="dense", **SMALL)  # (packed: tests/nn/test_packed.py)
+    bso = OnlineClassifier(optimizer=BSO, weight_storage="dense", **SMALL)  # (packed: tests/nn/test_packed.py)
     bptt = BPTTLatentClassifier(**SMALL)
     ottt = OTTTClassifier(**SMALL)
     for task in (bso, bptt, ottt):
@@ -164,7 +167,8 @@ def test_checkpoint_reloads_with_the_baseline_signature(tmp_path, digits):
     for cls in (OTTTClassifier, BPTTLatentClassifier):
         L.seed_everything(0)
         task = cls(**SMALL)
-        assert "optimizer" not in task.hparams and "threshold" not in task.hparams
+        assert task.hparams.fp_optimizer["class_path"] == "bso_lightning.optim.FullPrecisionSGD"
+        assert not {"optimizer", "threshold", "schedule"} & set(task.hparams)  # (no BSO/T-BSO settings)
         trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
         trainer.fit(task, datamodule=digits)
         path = tmp_path / f"{cls.__name__}.ckpt"

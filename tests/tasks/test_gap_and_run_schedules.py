@@ -4,12 +4,14 @@ diverge), and the γ/β schedules that are relative to the run's length."""
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from bso_lightning.optim import BSO, TBSO, RunExponentialSchedule, RunStepSchedule
 from bso_lightning.tasks import gap
 from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor, AccuracyGapWarning
 from tests.tasks.conftest import make_task, make_trainer
@@ -88,11 +90,11 @@ def test_gap_warning_is_quiet_on_a_handful_of_batches(tmp_path, monkeypatch, tra
 
 
 @pytest.mark.parametrize("schedule, extra, final", [
-    ("run_exp", {"schedule_final": 1e-2}, 1e-2),
-    ("run_step", {"schedule_fraction": 0.5, "schedule_factor": 0.1}, 1e-2),
-])
+    (RunExponentialSchedule, {"final": 1e-2}, 1e-2),
+    (RunStepSchedule, {"fraction": 0.5, "factor": 0.1}, 1e-2),
+], ids=["run_exp", "run_step"])
 def test_run_schedules_reach_their_end_value_at_the_end_of_the_run(tmp_path, schedule, extra, final):
-    task = make_task(seed=0, schedule=schedule, optimizer="tbso", **extra)
+    task = make_task(seed=0, schedule=partial(schedule, **extra), optimizer=TBSO)
     trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(task, train_dataloaders=_loader(n=24))  # 3 batches per epoch: a run of 6 batches
     group = task.optimizers()[0].param_groups[0]
@@ -103,7 +105,7 @@ def test_run_schedules_reach_their_end_value_at_the_end_of_the_run(tmp_path, sch
 
 
 def test_run_schedule_length_follows_max_steps(tmp_path):
-    task = make_task(seed=0, schedule="run_exp", schedule_final=1e-2, optimizer="bso")
+    task = make_task(seed=0, schedule=partial(RunExponentialSchedule, final=1e-2), optimizer=BSO)
     # T = 2, real-time: 2·T = 4 optimizer steps per batch; max_steps 8 -> a run of 2 batches (of 3 per epoch)
     trainer = make_trainer(tmp_path, max_epochs=5, max_steps=8, limit_val_batches=0)
     trainer.fit(task, train_dataloaders=_loader(n=24))
@@ -111,9 +113,9 @@ def test_run_schedule_length_follows_max_steps(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"schedule": "cosine"}, r"schedule must be one of .*'run_exp'"),
-    ({"schedule_final": 0.0}, r"schedule_final must lie in \(0, 1\], got 0.0"),
-    ({"schedule_fraction": 2.0}, r"schedule_fraction must lie in \(0, 1\], got 2.0"),
+    ({"schedule": {"class_path": "cosine"}}, r"schedule: class_path 'cosine' is not a BinaryHyperparameterScheduler"),
+    ({"schedule": partial(RunExponentialSchedule, final=0.0)}, r"final .* must be in \(0, 1\], got 0.0"),
+    ({"schedule": partial(RunStepSchedule, fraction=2.0)}, r"fraction must be in \(0, 1\], got 2.0"),
 ])
 def test_run_schedule_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,7 @@
 """The online classifier: a step per time step, ±1 weights, clear errors (exact resume: tests/reliability/test_resume.py)."""
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -7,7 +9,8 @@ import torch
 from bso_lightning.nn.packed import binary_signs
 
 from bso_lightning.nn import OnlineLIFNode
-from bso_lightning.optim import BSO, TBSO, split_parameters
+from bso_lightning.optim import BSO, TBSO, StepSchedule, split_parameters
+from bso_lightning.tasks.loop import OnlineLoop
 from bso_lightning.tasks.loss import online_loss
 from datamodules.sampling import EpochSeededSampler
 from tests.tasks.conftest import make_task, make_trainer
@@ -28,7 +31,7 @@ def test_loss_matches_eq_8():
 @pytest.mark.parametrize("update_mode, steps_per_batch", [("realtime", 2 * 3), ("accumulated", 2)])
 def test_optimizer_steps_per_batch_and_weights_stay_binary(tmp_path, digits, update_mode, steps_per_batch):
     L.seed_everything(0)
-    task = make_task(time_steps=3, update_mode=update_mode)
+    task = make_task(time_steps=3, loop=OnlineLoop(update_mode=update_mode))
     before = _binary_state(task)
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
     trainer.fit(task, datamodule=digits)
@@ -53,12 +56,12 @@ def test_tbso_second_moment_has_one_scalar_per_time_step(tmp_path, digits):
 
 
 def test_bso_variant_and_ndot_trace_train(tmp_path, digits):
-    """optimizer="bso" trains the binary weights with BSO (they flip and stay ±1); trace="ndot" reaches every neuron
+    """optimizer=BSO trains the binary weights with BSO (they flip and stay ±1); trace="ndot" reaches every neuron
     and changes the weight gradient: BSO's state differs from the same run with the OTTT trace."""
     state = {}
     for trace in ("ndot", "ottt"):
         L.seed_everything(0)
-        task = make_task(optimizer="bso", trace=trace, threshold=1e-6)
+        task = make_task(optimizer=partial(BSO, threshold=1e-6), trace=trace)
         before = _binary_state(task)
         trainer = make_trainer(tmp_path / trace, max_epochs=1, limit_train_batches=3, limit_val_batches=0)
         trainer.fit(task, datamodule=digits)
@@ -115,14 +118,14 @@ def test_bn_recalibration_has_its_own_rng_and_leaves_out_non_finite_batches(digi
 
 @pytest.mark.parametrize("kwargs, culprit", [
     ({"time_steps": 0}, "time_steps"),
-    ({"optimizer": "adam"}, "optimizer"),
-    ({"threshold": -1.0}, "threshold"),
-    ({"beta": 1.0, "optimizer": "bso"}, "beta"),
-    ({"betas": (0.9, 1.5)}, "beta"),
-    ({"eps": 0.0}, "eps"),
-    ({"mse_weight": 2.0}, "mse_weight"),
-    ({"update_mode": "sometimes"}, "update_mode"),
-    ({"schedule": "step", "schedule_every": 0}, "every"),
+    ({"optimizer": torch.optim.Adam}, "optimizer"),
+    ({"optimizer": partial(TBSO, threshold=-1.0)}, "threshold"),
+    ({"optimizer": partial(BSO, beta=1.0)}, "beta"),
+    ({"optimizer": partial(TBSO, betas=(0.9, 1.5))}, "beta"),
+    ({"optimizer": partial(TBSO, eps=0.0)}, "eps"),
+    ({"loop": {"mse_weight": 2.0}}, "mse_weight"),
+    ({"loop": {"update_mode": "sometimes"}}, "update_mode"),
+    ({"schedule": partial(StepSchedule, every=0)}, "every"),
 ])
 def test_invalid_hyper_parameters_are_rejected_at_construction(kwargs, culprit):
     with pytest.raises(ValueError, match=culprit):
@@ -157,7 +160,8 @@ def test_pretrained_weights_initialise_a_fine_tune_with_another_T(tmp_path, digi
     trainer.save_checkpoint(ckpt)
 
     L.seed_everything(1)
-    finetune = make_task(time_steps=3, threshold=1e-11, betas=(0.99999999, 0.99999), pretrained=str(ckpt))
+    finetune = make_task(time_steps=3, optimizer=partial(TBSO, threshold=1e-11, betas=(0.99999999, 0.99999)),
+                         pretrained=str(ckpt))
     tuned = finetune.model.state_dict()
     for key, a in pretrain.model.state_dict().items():
         if key.endswith(("running_mean_t", "running_var_t", "num_batches_tracked_t")):  # per-step BN: T=1 -> 3 slots

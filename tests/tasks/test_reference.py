@@ -1,4 +1,4 @@
-"""The authors' code, by name: each behaviour of configs/reference/authors.yaml against a hand-computed sequence.
+"""The authors' code, by name: each behaviour of configs/reference/authors_{tbso,bso}.yaml against a hand-computed sequence.
 
 docs/fidelity.md lists what each option reproduces. The trace (``ndot_reference``) is tested in
 tests/nn/test_neuron.py; ε placement, SGD momentum and lr schedule, the decay offset, BSO's momentum reset
@@ -6,13 +6,15 @@ and the two evaluation readings here.
 """
 
 import math
+from functools import partial
 
 import lightning as L
 import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from bso_lightning.optim import BSO, StepDecay, split_parameters
+from bso_lightning.optim import BSO, TBSO, CosineAnnealingToZero, FullPrecisionSGD, StepDecay, StepSchedule
+from bso_lightning.optim import split_parameters
 from bso_lightning.tasks.running_bn import batchnorm_state, load_batchnorm_state
 from tests.tasks.conftest import make_task, make_trainer
 
@@ -23,8 +25,8 @@ def test_eps_placement_reaches_tbso_and_decides_the_flip(placement, flips):
     M = 1e-12·W, v = 1e-5 · 1e-18 = 1e-23, so W·M = 1e-12 and
     inside:  γ·sqrt(v + ε) = 5e-7 · 1.0000000000e-5 = 5e-12   → 1e-12 < 5e-12, no flip;
     outside: W·M / (sqrt(v) + ε) = 1e-12 / (3.16e-12 + 1e-10) = 9.7e-3 > 5e-7, flip."""
-    task = make_task(optimizer="tbso", eps_placement=placement, weight_storage="dense")  # (gradients set by hand)
-    optimizer = task._make_binary_optimizer()
+    task = make_task(optimizer=partial(TBSO, eps_placement=placement), weight_storage="dense")  # (gradients by hand)
+    optimizer = task._build_optimization()[0][0]
     assert optimizer.param_groups[0]["eps_placement"] == placement
     weights = list(task.split.binary)
     before = [w.detach().clone() for w in weights]
@@ -36,10 +38,12 @@ def test_eps_placement_reaches_tbso_and_decides_the_flip(placement, flips):
 
 
 def test_bad_reference_options_name_the_argument():
-    for kwargs, name in (({"eps_placement": "middle"}, "eps_placement"), ({"lr_schedule": "step"}, "lr_schedule"),
-                         ({"schedule_offset": -1}, "schedule_offset"),
-                         ({"schedule_offset": 1, "schedule": "inv_sqrt"}, "schedule_offset")):
-        with pytest.raises(ValueError, match=name):
+    for kwargs, name in (({"optimizer": partial(TBSO, eps_placement="middle")}, "eps_placement"),
+                         ({"lr_scheduler": {"class_path": "step"}}, "lr_scheduler"),
+                         ({"schedule": partial(StepSchedule, offset=-1)}, "offset"),
+                         ({"schedule": {"class_path": "bso_lightning.optim.InverseSqrtSchedule",
+                                        "init_args": {"offset": 1}}}, "offset")):  # (a schedule without an offset)
+        with pytest.raises((ValueError, TypeError), match=name):
             make_task(**kwargs)
 
 
@@ -89,9 +93,12 @@ def test_full_precision_sgd_and_decay_offset_per_epoch(tmp_path, digits, referen
     authors: lr 0.1, 0.1, 0.1; momentum 0 (no buffer); offset 1: γ = 1e-3, 1e-3, 1e-4."""
     authors = reference == "authors"
     L.seed_everything(0)
-    task = make_task(optimizer="bso", threshold=1e-3, schedule="step", schedule_every=1, schedule_factor=0.1,
-                     cosine_epochs=None, lr_schedule="constant" if authors else "cosine",
-                     momentum=0.0 if authors else 0.9, schedule_offset=1 if authors else 0, time_steps=1)
+    lr_scheduler = (partial(torch.optim.lr_scheduler.ConstantLR, factor=1.0, total_iters=0) if authors
+                    else CosineAnnealingToZero)
+    task = make_task(optimizer=partial(BSO, threshold=1e-3),
+                     schedule=partial(StepSchedule, every=1, factor=0.1, offset=1 if authors else 0),
+                     lr_scheduler=lr_scheduler, fp_optimizer=partial(FullPrecisionSGD, momentum=0.0 if authors else 0.9),
+                     time_steps=1)
     record = _Record()
     trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=0, callbacks=[record])
     trainer.fit(task, datamodule=digits)
@@ -102,9 +109,9 @@ def test_full_precision_sgd_and_decay_offset_per_epoch(tmp_path, digits, referen
 
 
 def test_cosine_over_a_nominal_t_max(tmp_path, digits):
-    """cosine_epochs = 6 (the authors' T_max = 300 of 400, scaled) over 3 epochs: lr = 0.1·(1 + cos(πk/6))/2."""
+    """CosineAnnealingToZero(epochs=6) (the authors' T_max = 300 of 400, scaled) over 3 epochs: lr = 0.1·(1 + cos(πk/6))/2."""
     L.seed_everything(0)
-    task = make_task(optimizer="bso", cosine_epochs=6, time_steps=1)
+    task = make_task(optimizer=BSO, lr_scheduler=partial(CosineAnnealingToZero, epochs=6), time_steps=1)
     record = _Record()
     make_trainer(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=0,
                  callbacks=[record]).fit(task, datamodule=digits)
@@ -122,7 +129,7 @@ def _accuracy(task, loader, num_classes=10):
 
 def test_evaluation_reports_re_estimated_and_running_batchnorm_accuracy(tmp_path, digits):
     L.seed_everything(0)
-    task = make_task(optimizer="bso", bn_recalibration_batches=3)
+    task = make_task(optimizer=BSO, bn_recalibration_batches=3)
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, limit_test_batches=3)
     trainer.fit(task, datamodule=digits)
     running = batchnorm_state(task.model)  # what training left behind
@@ -140,7 +147,7 @@ def test_evaluation_reports_re_estimated_and_running_batchnorm_accuracy(tmp_path
 
 def test_without_re_estimation_both_readings_are_one_forward(tmp_path, digits):
     L.seed_everything(0)
-    task = make_task(optimizer="bso", bn_recalibration_batches=0)
+    task = make_task(optimizer=BSO, bn_recalibration_batches=0)
     calls = []
     task.model.register_forward_hook(lambda *_: calls.append(1))
     trainer = make_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, limit_test_batches=2)

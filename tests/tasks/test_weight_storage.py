@@ -2,6 +2,8 @@
 dense classifier, resumes exactly mid-epoch, loads checkpoints of the other storage, exports straight from the
 bits, runs in bf16 precision and under the telemetry callbacks."""
 
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -10,9 +12,13 @@ from bso_lightning.callbacks import FlipRateCallback, MemoryCallback, ModelSizeC
 from bso_lightning.export import export_packed
 from bso_lightning.nn.packed import PackedBinaryParameter
 from bso_lightning.nn.routing import split_parameters
+from bso_lightning.optim import TBSO, CosineAnnealingToZero
+from bso_lightning.tasks.loop import OnlineLoop
 from tests.reliability.helpers import (
     BATCHES, InterruptAt, assert_same, digits, make_task, make_trainer, snapshot,
 )
+
+COSINE_2 = partial(CosineAnnealingToZero, epochs=2)
 
 
 def _signs(task):
@@ -28,8 +34,8 @@ def _fit(tmp_path, **kwargs):
 
 
 def test_packed_classifier_trains_exactly_like_the_dense_one(tmp_path):
-    dense, _ = _fit(tmp_path / "dense", weight_storage="dense", step_in_backward=False)
-    packed, trainer = _fit(tmp_path / "packed", weight_storage="packed", step_in_backward=True)
+    dense, _ = _fit(tmp_path / "dense", weight_storage="dense", loop=OnlineLoop(step_in_backward=False))
+    packed, trainer = _fit(tmp_path / "packed", weight_storage="packed", loop=OnlineLoop(step_in_backward=True))
     assert all(isinstance(p, PackedBinaryParameter) for p in split_parameters(packed.model).binary)
     assert trainer.optimizers[0].steps_in_backward is False  # switched off again after fit
     assert all(torch.equal(a, b) for a, b in zip(_signs(dense), _signs(packed)))
@@ -46,7 +52,8 @@ def test_packed_export_is_byte_identical_to_the_dense_export(tmp_path):
 
 
 def test_mid_epoch_resume_is_exact_with_packed_weights_and_bfloat16_momentum(tmp_path):
-    options = dict(weight_storage="packed", momentum_dtype="bfloat16", saved_activation_dtype="bfloat16")
+    options = dict(weight_storage="packed", optimizer=partial(TBSO, momentum_dtype="bfloat16"),
+                   loop=OnlineLoop(saved_activation_dtype="bfloat16"))
     reference = make_trainer(tmp_path / "reference")
     reference.fit(make_task(**options), datamodule=digits())
     periodic = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2 * 2 * (BATCHES + 2), save_top_k=-1,
@@ -63,11 +70,11 @@ def test_mid_epoch_resume_is_exact_with_packed_weights_and_bfloat16_momentum(tmp
 @pytest.mark.parametrize("saved", ["dense", "packed"])
 def test_a_checkpoint_of_one_storage_resumes_into_either_storage_identically(tmp_path, saved):
     first = make_trainer(tmp_path / "first", max_epochs=1)
-    first.fit(make_task(weight_storage=saved, cosine_epochs=2), datamodule=digits())
+    first.fit(make_task(weight_storage=saved, lr_scheduler=COSINE_2), datamodule=digits())
     first.save_checkpoint(tmp_path / "saved.ckpt")
     resumed = {}
     for loaded in ("dense", "packed"):
-        task = make_task(seed=5, weight_storage=loaded, cosine_epochs=2)
+        task = make_task(seed=5, weight_storage=loaded, lr_scheduler=COSINE_2)
         make_trainer(tmp_path / loaded, max_epochs=2).fit(task, datamodule=digits(), ckpt_path=tmp_path / "saved.ckpt")
         resumed[loaded] = task
     assert all(torch.equal(a, b) for a, b in zip(_signs(resumed["dense"]), _signs(resumed["packed"])))
@@ -78,7 +85,7 @@ def test_a_checkpoint_of_one_storage_resumes_into_either_storage_identically(tmp
 
 
 def test_packed_bf16_true_precision_and_the_telemetry_callbacks(tmp_path):
-    task = make_task(weight_storage="packed", momentum_dtype="bfloat16")
+    task = make_task(weight_storage="packed", optimizer=partial(TBSO, momentum_dtype="bfloat16"))
     flips, memory, size = FlipRateCallback(log_every_n_steps=2), MemoryCallback(), ModelSizeCallback()
     trainer = make_trainer(tmp_path, max_epochs=1, precision="bf16-true", callbacks=[flips, memory, size])
     before = _signs(task)
@@ -93,4 +100,4 @@ def test_packed_bf16_true_precision_and_the_telemetry_callbacks(tmp_path):
     with pytest.raises(ValueError, match="weight_storage must be one of"):
         make_task(weight_storage="bits")
     with pytest.raises(ValueError, match="saved_activation_dtype must be one of"):
-        make_task(saved_activation_dtype="float16")
+        make_task(loop={"saved_activation_dtype": "float16"})
