@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PackedBinaryParameter", "pack_signs", "unpack_signs", "is_packed", "binary_numel", "binary_shape",
-           "binary_signs"]
+__all__ = ["PackedBinaryParameter", "pack_bits", "pack_signs", "unpack_signs", "is_packed", "binary_numel",
+           "binary_shape", "binary_signs"]
 
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -40,15 +40,24 @@ def packed_size(numel: int) -> int:
     return (numel + 7) // 8
 
 
+#: One int64 of 8 bytes 0/1 (little-endian) times this gathers their low bits, first byte first, into its top byte.
+_GATHER_BITS = sum(1 << (63 - 9 * k) for k in range(8)) - (1 << 64)
+
+
 def pack_bits(mask: Tensor) -> Tensor:
-    """Pack a bool tensor (any shape) into ``uint8`` [ceil(n/8)], MSB first, zero padded (= ``numpy.packbits``)."""
+    """Pack a bool or 0/1 ``uint8`` tensor (any shape) into ``uint8`` [ceil(n/8)], MSB first, zero padded
+    (= ``numpy.packbits``): one multiply per 8 entries. The one bit packer (weights, flips, export)."""
     flat = mask.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    elif flat.dtype != torch.uint8:
+        raise ValueError(f"pack_bits takes a bool or 0/1 uint8 tensor, got dtype {flat.dtype}")
     pad = (-flat.numel()) % 8
-    if pad:
+    # whole int64 words at an aligned offset (a view's offset: a copy; compiled, the compiler places the buffers)
+    if pad or (not torch.compiler.is_compiling() and flat.storage_offset() % 8):
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    # shifts made on the device: copying a CPU constant to CUDA would be a blocking copy (a host sync) per call
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=flat.device)
-    return torch.bitwise_left_shift(flat.view(-1, 8).to(torch.uint8), shifts).sum(1, dtype=torch.uint8)
+    words = flat.view(torch.int64)
+    return (torch.bitwise_right_shift(words * _GATHER_BITS, 56) & 255).to(torch.uint8)
 
 
 def pack_signs(weight: Tensor, name: str = "weight") -> Tensor:
@@ -63,13 +72,19 @@ def pack_signs(weight: Tensor, name: str = "weight") -> Tensor:
     return pack_bits(weight > 0)
 
 
-def unpack_signs(bits: Tensor, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
-    """The ±1 tensor of ``shape`` in ``dtype`` that ``bits`` encode (one table lookup per byte)."""
+def unpack_signs(bits: Tensor, shape: torch.Size | tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 out: Tensor | None = None) -> Tensor:
+    """The ±1 tensor of ``shape`` in ``dtype`` that ``bits`` encode (one table lookup per byte); written into ``out``
+    (contiguous, ``dtype``, at least 8 entries per byte of ``bits``) if given. The inverse of :func:`pack_bits`."""
     numel = math.prod(shape)
     if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != packed_size(numel):
         raise ValueError(f"packed bits for shape {list(shape)} must be uint8 [{packed_size(numel)}], "
                          f"got {bits.dtype} {list(bits.shape)}")
-    signs = _sign_table(bits.device, dtype).index_select(0, bits.to(torch.int32)).view(-1)
+    table = _sign_table(bits.device, dtype)
+    if out is None:
+        signs = table.index_select(0, bits.to(torch.int32)).view(-1)
+    else:
+        signs = torch.index_select(table, 0, bits.to(torch.int32), out=out[: 8 * bits.numel()].view(-1, 8)).view(-1)
     return signs[:numel].view(shape)
 
 

@@ -1,10 +1,12 @@
 """The BSO and T-BSO updates (paper Eq. 11–14), written once.
 
 :func:`bso` and :func:`tbso` are the functional forms (as ``torch.optim.sgd.sgd``): lists of weights, gradients
-and state in, everything updated in place. Each dispatches to an eager implementation or to the same per-tensor
-code compiled by ``torch.compile`` (``fused=True``); both run :func:`_bso_tensor` / :func:`_tbso_tensor`'s math and
-share the momentum storage (:func:`_momentum_as_float32`, :func:`_store_momentum_`), so the two paths cannot drift
-apart (the compiled momentum may differ in the last bit of float32 rounding).
+and state in, everything updated in place. The update of one tensor is one function, :func:`_step_tensor_` (over
+:func:`_update_chunk_`), written with ``out=`` buffers. Both paths run it, chosen in one ``if``
+(:func:`_implementation`): the eager step calls it directly, chunk by chunk, with buffers reused across chunks and
+tensors and a float32 momentum updated where it lies; ``fused=True`` is ``torch.compile`` of the same function over
+whole tensors, its buffers becoming the compiler's temporaries and the state written last. The compiled momentum
+may differ from the eager one in the last bit of float32 rounding; the flips and counters are the same.
 
 Per binary tensor W (±1, dense or packed as bits), gradient G and momentum M::
 
@@ -30,7 +32,8 @@ The momentum is stored in float32, bfloat16 or int8. The update is always comput
 
 The eager step works through each tensor in chunks of ``EAGER_CHUNK`` entries with every temporary written into
 buffers reused across chunks and tensors (``out=``), freed when the call returns: nothing of it persists between
-steps, and while it runs it holds at most ~9.5 bytes × ``EAGER_CHUNK`` (4.75 MiB), whatever the layer sizes.
+steps, and while it runs it holds at most ~9.5 bytes × ``EAGER_CHUNK`` (4.75 MiB: the buffers, and the int32 byte
+index of an unpacked chunk), whatever the layer sizes.
 (Measured on CPU, ``benchmarks/step_throughput.py --compare-with``: as fast as whole-tensor passes with buffers kept
 for good; chunks of 32768 entries kept for good were 1.5–2× slower, the Python overhead per chunk dominating.)
 """
@@ -39,11 +42,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from bso_lightning.nn.packed import PackedBinaryParameter, _sign_table, pack_bits, unpack_signs
+from bso_lightning.nn.packed import PackedBinaryParameter, pack_bits, unpack_signs
 
 __all__ = ["bso", "tbso", "stochastic_round_to_bfloat16", "quantize_int8_", "dequantize_int8", "tbso_flip_threshold",
            "workspace_bytes", "EPS_PLACEMENTS", "QUANT_BLOCK", "NOISE_WIDTH", "EAGER_CHUNK"]
@@ -129,7 +133,7 @@ def _momentum_as_float32(m: Tensor, scale: Tensor | None, out: Tensor | None = N
     """The momentum in float32 (a new tensor, or ``out``): a copy, or the int8 codes times their block scales."""
     if scale is not None:
         return dequantize_int8(m, scale, out)
-    return m.to(torch.float32) if out is None else out.copy_(m.reshape(out.shape))
+    return m.to(torch.float32, copy=True) if out is None else out.copy_(m.reshape(out.shape))
 
 
 def _store_momentum_(m: Tensor, new_m: Tensor, noise: Tensor | None, scale: Tensor | None = None,
@@ -149,104 +153,164 @@ def int8_scale_size(numel: int) -> int:
     return math.ceil(numel / QUANT_BLOCK)
 
 
-# --------------------------------------------------------------------------- per-tensor math (shared)
+# --------------------------------------------------------------------------- the update, once
 
 def tbso_flip_threshold(threshold: Tensor | float, v_t: Tensor, eps: Tensor | float, outside: bool) -> Tensor:
     """The T-BSO flip threshold on W·M: γ·sqrt(v[t] + ε) (Eq. 14) or, ``outside``, γ·(sqrt(v[t]) + ε)."""
     return threshold * (torch.sqrt(v_t) + eps) if outside else threshold * torch.sqrt(v_t + eps)
 
 
-def _signs(w: Tensor, shape: torch.Size | None) -> Tensor:
-    """W as float32 ±1: the tensor itself (dense) or its bits unpacked (``shape`` given)."""
-    return w.to(torch.float32) if shape is None else unpack_signs(w, shape, torch.float32)
+class _Adaptive(NamedTuple):
+    """T-BSO's per-time-step gradient scale (Eq. 13–14); BSO has none. Scalars are 0-dim float32 tensors."""
+
+    v: Tensor  # float32 [≥ t + 1]
+    time_step: Tensor  # int64 [1] (a tensor, so t does not recompile)
+    beta2: Tensor
+    one_minus_beta2: Tensor
+    eps: Tensor
+    outside: bool
 
 
-def _apply_flips_(w: Tensor, flip: Tensor, shape: torch.Size | None) -> None:
-    """W ← −W where ``flip``: a sign change (dense, never ``sign(0)``) or an XOR of the bits (packed)."""
-    if shape is None:
-        w.copy_(torch.where(flip, -w, w))
+def _limit_and_ok(flat_g: Tensor, threshold: Tensor, adaptive: _Adaptive | None) -> tuple[Tensor, Tensor]:
+    """The flip limit on W·M — γ (Eq. 12) or γ·sqrt(v[t] + ε) after v[t] ← β2·v[t] + (1 − β2)·mean(G²) (Eq. 13–14,
+    v in place) — and ``ok``, the one finiteness check: a 0-dim bool, false exactly when G holds NaN/Inf or ‖G‖²
+    overflows float32 (then v[t] is left as it was)."""
+    statistic = torch.dot(flat_g, flat_g)
+    if adaptive is not None:
+        v_t = adaptive.v.index_select(0, adaptive.time_step).reshape(())
+        statistic = v_t * adaptive.beta2 + statistic * (adaptive.one_minus_beta2 / flat_g.numel())
+    ok = torch.isfinite(statistic)
+    if adaptive is None:
+        return threshold, ok
+    v_t = torch.where(ok, statistic, v_t)
+    adaptive.v.index_copy_(0, adaptive.time_step, v_t.reshape(1))
+    return tbso_flip_threshold(threshold, v_t, adaptive.eps, adaptive.outside), ok
+
+
+#: Buffers of the update: ``f32`` (G, then W·M and the flips), ``m32`` (a bfloat16/int8 momentum in float32);
+#: packed weights: ``signs`` (W unpacked, padded to whole bytes; the eager step's is ``f32`` itself) and ``u8``
+#: (the flips, padded).
+_BUFFER_DTYPES = {"f32": torch.float32, "m32": torch.float32, "signs": torch.float32, "u8": torch.uint8}
+Buffers = Callable[[torch.device, int, tuple[str, ...]], dict[str, Tensor]]
+
+
+def _fresh_buffers(device: torch.device, numel: int, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """New buffers (under ``torch.compile``: the compiler's temporaries): ``f32`` of exactly ``numel`` entries,
+    the packed ones padded to whole bytes, and no ``m32`` (the momentum in float32 is then a new tensor). (With an
+    int8 momentum, float32 values written into part of a padded buffer, or its blocks written into a buffer, made
+    inductor's C++ code fail to compile; torch 2.11.)"""
+    padded = (numel + 7) // 8 * 8
+    return {name: torch.empty(numel if name == "f32" else padded, dtype=_BUFFER_DTYPES[name], device=device)
+            for name in names if name != "m32"}
+
+
+def _update_chunk_(w: Tensor, packed: bool, g: Tensor, m: Tensor, scale: Tensor | None, noise: Tensor | None,
+                   weight: Tensor, limit: Tensor, ok: Tensor, reset: bool, in_place: bool, buffers: dict[str, Tensor],
+                   start: int, stop: int) -> Tensor:
+    """Eq. 11/13 then 12/14 on entries [start, stop) of the flat W (packed: its bits; ``start`` a multiple of 8 and
+    of ``QUANT_BLOCK``), G and M, every temporary in ``buffers``; returns the number of flips (0-dim).
+
+    The state is written last (the weights after the momentum), except that with ``in_place`` a float32 momentum
+    is updated where it lies (the eager step: no copy). ``weight`` is (1 − β) or 0 (not ``ok``: M unchanged).
+    """
+    k = stop - start
+    s = torch.nan_to_num(g[start:stop], 0.0, 0.0, 0.0, out=buffers["f32"][:k])
+    m_chunk = m[start:stop]
+    scale = None if scale is None else scale[start // QUANT_BLOCK: -(-stop // QUANT_BLOCK)]
+    in_place = in_place and m.dtype == torch.float32
+    if in_place:
+        new_m = m_chunk.lerp_(s, weight)  # M ← β·M + (1 − β)·G (Eq. 11 / 13)
     else:
-        w.bitwise_xor_(pack_bits(flip))
-
-
-def _update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None,
-                     one_minus_beta: Tensor, limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None,
-                     last_flips: Tensor, nonfinite_steps: Tensor) -> None:
-    """Eq. 11/13 (momentum) then Eq. 12/14 (flip where W·M > limit), masked by the 0-dim bool ``ok``."""
-    m32 = _momentum_as_float32(m, scale).view(g.shape)
-    new_m = torch.where(ok, torch.lerp(m32, torch.nan_to_num(g, 0.0, 0.0, 0.0), one_minus_beta), m32)
-    flip = (_signs(w, shape) * new_m > limit) & ok
-    _apply_flips_(w, flip, shape)
+        m32 = buffers["m32"][:k] if "m32" in buffers else None
+        new_m = _momentum_as_float32(m_chunk, scale, out=m32).lerp_(s, weight)
+    if packed:
+        padded = (k + 7) // 8 * 8
+        bits = w[start // 8: (start + padded) // 8]
+        signs = unpack_signs(bits, (k,), out=buffers["signs"][:padded])  # (eager: in G's buffer, no longer needed)
+    else:
+        signs = w[start:stop]
+    flip = torch.gt(torch.mul(signs, new_m, out=s), limit, out=s)  # 1.0 where W·M > limit (Eq. 12 / 14)
     if reset:
-        new_m = torch.where(flip, 0.0, new_m)
-    _store_momentum_(m, new_m, noise, scale, ok)
-    last_flips.copy_(flip.sum())
+        new_m.addcmul_(new_m, flip, value=-1.0)  # M ← 0 where flipped
+    if not in_place:
+        _store_momentum_(m_chunk, new_m, noise, scale, ok)
+    flips = flip.sum()  # (exact: a float32 sum of 0/1 is exact below 2**24 flips)
+    if packed:
+        mask = buffers["u8"][:padded]
+        mask[:k].copy_(flip)
+        mask[k:].zero_()
+        bits.bitwise_xor_(pack_bits(mask))  # W ← −W where flipped: one XOR per 8 weights
+    else:
+        signs.addcmul_(signs, flip, value=-2.0)  # W ← −W where flipped (never sign(0))
+    return flips
+
+
+def _step_tensor_(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None,
+                  noise: Tensor | None, last_flips: Tensor, nonfinite_steps: Tensor, one_minus_beta: Tensor,
+                  threshold: Tensor, reset: bool, adaptive: _Adaptive | None, chunk: int | None, buffers: Buffers,
+                  in_place: bool) -> None:
+    """BSO (Eq. 11–12; ``adaptive`` None) or T-BSO (Eq. 13–14) on one binary tensor W (dense, or packed bits of
+    logical ``shape``), in place, ``chunk`` entries at a time (None: whole) — the one definition of the update.
+    W, G and M come flattened (a dense W that is not contiguous: as it is, updated through a contiguous copy).
+
+    A tensor whose gradient is not finite is left as it was (the momentum's weight becomes 0, the limit ∞) and
+    counted in ``nonfinite_steps``.
+    """
+    if shape is None and not w.is_contiguous():  # e.g. channels_last: work on a copy
+        dense = w.contiguous()
+        _step_tensor_(dense.view(-1), None, g, m, scale, noise, last_flips, nonfinite_steps, one_minus_beta,
+                      threshold, reset, adaptive, chunk, buffers, in_place)
+        w.copy_(dense)
+        return
+    flat_g = g.to(torch.float32).reshape(-1)
+    limit, ok = _limit_and_ok(flat_g, threshold, adaptive)
+    weight = ok.to(torch.float32) * one_minus_beta
+    limit_if_ok = torch.where(ok, limit, torch.inf)
+    n = flat_g.numel()
+    step = n if chunk is None else min(n, chunk)
+    names = ("f32",) + (("m32",) if m.dtype != torch.float32 or not in_place else ()) + \
+        (("signs", "u8") if shape is not None else ())
+    work = buffers(g.device, step, names)
+    last_flips.zero_()
+    for start in [0] if chunk is None else range(0, n, step):
+        flips = _update_chunk_(w.view(-1), shape is not None, flat_g, m.view(-1), scale, noise, weight,
+                               limit_if_ok, ok, reset, in_place, work, start, min(start + step, n))
+        last_flips.add_(flips.to(torch.int64))
     nonfinite_steps.add_((~ok).to(torch.int64))
 
 
-def _bso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None, last_flips: Tensor,
-                nonfinite_steps: Tensor, noise: Tensor | None, one_minus_beta: Tensor, threshold: Tensor,
-                reset: bool) -> None:
-    """BSO on one tensor (Eq. 11–12)."""
-    g = g.to(torch.float32)
-    flat = g.reshape(-1)
-    ok = torch.isfinite(torch.dot(flat, flat))  # false exactly when G holds NaN/Inf or ‖G‖² overflows
-    _update_and_flip(w, shape, g, m, scale, one_minus_beta, threshold, ok, reset, noise, last_flips, nonfinite_steps)
-
-
-def _tbso_limit(g: Tensor, v: Tensor, time_step: Tensor, beta2: Tensor, one_minus_beta2: Tensor,
-                threshold: Tensor, eps: Tensor, outside: bool) -> tuple[Tensor, Tensor]:
-    """Eq. 13's v[t] ← β2·v[t] + (1 − β2)·mean(G²) (in place, unless not finite) and Eq. 14's flip limit; (limit, ok)."""
-    flat = g.reshape(-1)
-    v_t = v.index_select(0, time_step).reshape(())
-    new_v_t = v_t * beta2 + torch.dot(flat, flat) * (one_minus_beta2 / flat.numel())
-    ok = torch.isfinite(new_v_t)  # false exactly when G holds NaN/Inf or ‖G‖² overflows
-    v_t = torch.where(ok, new_v_t, v_t)
-    v.index_copy_(0, time_step, v_t.reshape(1))
-    return tbso_flip_threshold(threshold, v_t, eps, outside), ok
-
-
-def _tbso_tensor(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None, v: Tensor,
-                 time_step: Tensor, last_flips: Tensor, nonfinite_steps: Tensor, noise: Tensor | None,
-                 one_minus_beta1: Tensor, beta2: Tensor, one_minus_beta2: Tensor, threshold: Tensor, eps: Tensor,
-                 outside: bool) -> None:
-    """T-BSO on one tensor (Eq. 13–14); ``time_step``: int64 [1] (a tensor, so t does not recompile)."""
-    g = g.to(torch.float32)
-    limit, ok = _tbso_limit(g, v, time_step, beta2, one_minus_beta2, threshold, eps, outside)
-    _update_and_flip(w, shape, g, m, scale, one_minus_beta1, limit, ok, False, noise, last_flips, nonfinite_steps)
-
-
-def _bso_tensors(ws, shapes, gs, ms, scales, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
-    for w, shape, g, m, sc, f, s, n in zip(ws, shapes, gs, ms, scales, flips, skips, noises):
-        _bso_tensor(w, shape, g, m, sc, f, s, n, one_minus_beta, threshold, reset)
+def _bso_tensors(ws, shapes, gs, ms, scales, flips, skips, noises, one_minus_beta, threshold, reset, *,
+                 chunk: int | None = None, buffers: Buffers = _fresh_buffers, in_place: bool = False) -> None:
+    """BSO over a list of tensors: as ``fused=True`` compiles it (whole tensors, state written last); the eager step
+    passes ``chunk``, reused buffers and ``in_place``."""
+    for w, shape, g, m, sc, f, sk, noise in zip(ws, shapes, gs, ms, scales, flips, skips, noises):
+        _step_tensor_(w, shape, g, m, sc, noise, f, sk, one_minus_beta, threshold, reset, None, chunk, buffers,
+                      in_place)
 
 
 def _tbso_tensors(ws, shapes, gs, ms, scales, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
-                  one_minus_beta2, threshold, eps, outside) -> None:
-    for w, shape, g, m, sc, v, f, s, n in zip(ws, shapes, gs, ms, scales, vs, flips, skips, noises):
-        _tbso_tensor(w, shape, g, m, sc, v, time_step, f, s, n, one_minus_beta1, beta2, one_minus_beta2, threshold,
-                     eps, outside)
+                  one_minus_beta2, threshold, eps, outside, *, chunk: int | None = None,
+                  buffers: Buffers = _fresh_buffers, in_place: bool = False) -> None:
+    """T-BSO over a list of tensors (as :func:`_bso_tensors`)."""
+    for w, shape, g, m, sc, v, f, sk, noise in zip(ws, shapes, gs, ms, scales, vs, flips, skips, noises):
+        adaptive = _Adaptive(v, time_step, beta2, one_minus_beta2, eps, outside)
+        _step_tensor_(w, shape, g, m, sc, noise, f, sk, one_minus_beta1, threshold, False, adaptive, chunk, buffers,
+                      in_place)
 
 
-# --------------------------------------------------------------------------- eager implementation
-#
-# The same math as :func:`_update_and_flip`, chunk by chunk, with every temporary written into buffers reused
-# across chunks and tensors (``out=``) and freed when the call returns (:func:`_eager`).
+# --------------------------------------------------------------------------- eager: chunks, reused buffers
 
-_MAGIC_PACK = sum(1 << (63 - 9 * k) for k in range(8)) - (1 << 64)  # 8 bytes of 0/1 -> one MSB-first byte
 _workspaces: dict[torch.device, dict[str, Tensor]] = {}
-_WORKSPACE_DTYPES = {"f32": torch.float32, "m32": torch.float32, "u8": torch.uint8, "i32": torch.int32}
 
 
 def _workspace(device: torch.device, numel: int, names: tuple[str, ...]) -> dict[str, Tensor]:
-    """Reused buffers for chunks of up to ``numel`` entries (``i32``: one per 8 entries), grown on demand."""
+    """Buffers for chunks of up to ``numel`` entries, reused across chunks and tensors, grown on demand."""
     ws = _workspaces.setdefault(device, {})
     padded = (numel + 7) // 8 * 8
     for name in names:
-        size = padded // 8 if name == "i32" else padded
-        if name not in ws or ws[name].numel() < size:
-            ws[name] = torch.empty(size, dtype=_WORKSPACE_DTYPES[name], device=device)  # (written before read)
-    return ws
+        if name != "signs" and (name not in ws or ws[name].numel() < padded):
+            ws[name] = torch.empty(padded, dtype=_BUFFER_DTYPES[name], device=device)  # (written before read)
+    return {**ws, "signs": ws["f32"]}  # (the unpacked W overwrites G, no longer needed: 4 bytes per entry less)
 
 
 def workspace_bytes(device: torch.device | str | None = None) -> int:
@@ -255,81 +319,19 @@ def workspace_bytes(device: torch.device | str | None = None) -> int:
     return sum(t.numel() * t.element_size() for ws in devices for t in ws.values())
 
 
-def _eager_pack_(bytes01: Tensor) -> Tensor:
-    """Pack a uint8 tensor of 0/1 (length a multiple of 8) MSB first: one multiply per 8 entries."""
-    words = bytes01.view(torch.int64)
-    return (torch.bitwise_right_shift(words * _MAGIC_PACK, 56) & 255).to(torch.uint8)
+def _eager(fn: Callable[..., None], device: torch.device) -> Callable[..., None]:
+    """``fn`` (:func:`_bso_tensors` / :func:`_tbso_tensors`) run eagerly on tensors of ``device``, in chunks of
+    ``EAGER_CHUNK`` entries with reused buffers, freed when it returns."""
+    def call(*args: object) -> None:
+        try:
+            fn(*args, chunk=EAGER_CHUNK, buffers=_workspace, in_place=True)
+        finally:
+            _workspaces.pop(device, None)
+
+    return call
 
 
-def _eager_update_and_flip(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, scale: Tensor | None,
-                           one_minus_beta: Tensor, limit: Tensor, ok: Tensor, reset: bool, noise: Tensor | None,
-                           last_flips: Tensor, nonfinite_steps: Tensor) -> None:
-    """:func:`_update_and_flip` chunk by chunk into reused buffers (same results)."""
-    if shape is None and not (w.is_contiguous() and g.is_contiguous()):  # e.g. channels_last: work on copies
-        dense = w.contiguous()
-        _eager_update_and_flip(dense, None, g.contiguous(), m, scale, one_minus_beta, limit, ok, reset, noise,
-                               last_flips, nonfinite_steps)
-        w.copy_(dense)
-        return
-    n = g.numel()
-    chunk = min(n, EAGER_CHUNK or n)
-    names = ("f32",) + (("m32",) if m.dtype != torch.float32 else ()) + (("u8", "i32") if shape is not None else ())
-    ws = _workspace(g.device, chunk, names)
-    weight = ok.to(torch.float32) * one_minus_beta
-    limit_if_ok = torch.where(ok, limit, torch.inf)
-    flat_w, flat_g, flat_m = w.view(-1), g.reshape(-1), m.view(-1)
-    last_flips.zero_()
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        k = stop - start
-        s = torch.nan_to_num(flat_g[start:stop], 0.0, 0.0, 0.0, out=ws["f32"][:k])
-        if m.dtype == torch.float32:
-            new_m = flat_m[start:stop].lerp_(s, weight)  # Eq. 11 / 13, in place
-        else:
-            chunk_scale = None if scale is None else scale[start // QUANT_BLOCK: -(-stop // QUANT_BLOCK)]
-            new_m = _momentum_as_float32(flat_m[start:stop], chunk_scale, out=ws["m32"][:k]).lerp_(s, weight)
-        if shape is None:
-            w_chunk = flat_w[start:stop]
-            torch.mul(w_chunk, new_m, out=s)
-            flip = torch.gt(s, limit_if_ok, out=s)  # 1.0 where W·M > limit (Eq. 12 / 14)
-            w_chunk.addcmul_(w_chunk, flip, value=-2.0)  # W <- -W there (never sign(0))
-        else:
-            padded = (k + 7) // 8 * 8
-            bits = flat_w[start // 8: (start + padded) // 8]
-            index = ws["i32"][: padded // 8].copy_(bits)
-            signs = ws["f32"][:padded]
-            torch.index_select(_sign_table(w.device, torch.float32), 0, index, out=signs.view(-1, 8))
-            flip = torch.mul(signs[:k], new_m, out=signs[:k])
-            torch.gt(flip, limit_if_ok, out=flip)  # 1.0 where W·M > limit (Eq. 12 / 14)
-            mask = ws["u8"][:padded]
-            mask[:k].copy_(flip)
-            mask[k:].zero_()
-            bits.bitwise_xor_(_eager_pack_(mask))  # W <- -W there: one XOR per 8 weights
-        last_flips.add_(flip.sum().to(torch.int64))  # (exact: a float32 sum of 0/1 is exact below 2**24 entries)
-        if reset:
-            new_m.addcmul_(new_m, flip, value=-1.0)  # M <- 0 where flipped
-        if m.dtype != torch.float32:
-            _store_momentum_(flat_m[start:stop], new_m, noise, chunk_scale, ok)
-    nonfinite_steps.add_((~ok).to(torch.int64))
-
-
-def _eager_bso_tensors(ws, shapes, gs, ms, scales, flips, skips, noises, one_minus_beta, threshold, reset) -> None:
-    for w, shape, g, m, sc, f, sk, noise in zip(ws, shapes, gs, ms, scales, flips, skips, noises):
-        g = g.to(torch.float32)
-        flat = g.reshape(-1)
-        ok = torch.isfinite(torch.dot(flat, flat))
-        _eager_update_and_flip(w, shape, g, m, sc, one_minus_beta, threshold, ok, reset, noise, f, sk)
-
-
-def _eager_tbso_tensors(ws, shapes, gs, ms, scales, vs, time_step, flips, skips, noises, one_minus_beta1, beta2,
-                        one_minus_beta2, threshold, eps, outside) -> None:
-    for w, shape, g, m, sc, v, f, sk, noise in zip(ws, shapes, gs, ms, scales, vs, flips, skips, noises):
-        g = g.to(torch.float32)
-        limit, ok = _tbso_limit(g, v, time_step, beta2, one_minus_beta2, threshold, eps, outside)
-        _eager_update_and_flip(w, shape, g, m, sc, one_minus_beta1, limit, ok, False, noise, f, sk)
-
-
-# --------------------------------------------------------------------------- compiled implementation
+# --------------------------------------------------------------------------- compiled: the same functions
 
 #: Compiled variants (list lengths, dtypes, shapes, devices, options) one process may hold; past this, dynamo
 #: runs the functions as plain Python (the same results, unfused) with a warning.
@@ -338,7 +340,8 @@ _compiled: dict[str, Callable[..., None]] = {}
 
 
 def _compiled_fn(name: str) -> Callable[..., None]:
-    """``torch.compile`` of :func:`_bso_tensors` / :func:`_tbso_tensors`, built on first use (takes seconds)."""
+    """``torch.compile`` of :func:`_bso_tensors` / :func:`_tbso_tensors` (whole tensors; the buffers become the
+    compiler's temporaries), built on first use (takes seconds)."""
     if name not in _compiled:
         fn = {"bso": _bso_tensors, "tbso": _tbso_tensors}[name]
         compiled = torch.compile(fn, dynamic=None)
@@ -362,11 +365,12 @@ def _compiled_fn(name: str) -> Callable[..., None]:
 # --------------------------------------------------------------------------- the functional API
 
 def _storage(weights: Sequence[Tensor]) -> tuple[list[Tensor], list[torch.Size | None]]:
-    """Plain tensors to update in place (packed: the bits) and the logical shapes (None when dense)."""
+    """Flat tensors to update in place (packed: the bits; a dense weight that is not contiguous: as it is) and the
+    logical shapes (None when dense). (Flat: the compiled step then runs one loop per tensor.)"""
     data, shapes = [], []
     for w in weights:
         packed = isinstance(w, PackedBinaryParameter)
-        data.append(w.data if packed else w)
+        data.append(w.data if packed else w.view(-1) if w.is_contiguous() else w)
         shapes.append(w.logical_shape if packed else None)
     return data, shapes
 
@@ -398,20 +402,27 @@ def _check_int8(momenta: Sequence[Tensor], scales: list[Tensor | None]) -> None:
                              f"need {int8_scale_size(m.numel())} (blocks of {QUANT_BLOCK})")
 
 
-def _eager(fn: Callable[..., None], device: torch.device) -> Callable[..., None]:
-    """``fn`` (an eager step over tensors of ``device``), freeing its reused buffers when it returns."""
-    def call(*args: object) -> None:
-        try:
-            fn(*args)
-        finally:
-            _workspaces.pop(device, None)
-
-    return call
-
-
 def _scalar(value: float, device: torch.device) -> Tensor:
     # torch.full, not torch.tensor: on CUDA a tensor built from Python data is a blocking copy (a host sync)
     return torch.full((), value, dtype=torch.float32, device=device)
+
+
+def _prepared(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor],
+              rounding_noise: Sequence[Tensor | None] | None, momentum_scales: Sequence[Tensor | None] | None,
+              fused: bool) -> tuple[list[Tensor], list[torch.Size | None], list[Tensor], list[Tensor],
+                                    list[Tensor | None], list[Tensor | None]]:
+    """Weights (:func:`_storage`), logical shapes, flat gradients and momenta, int8 scales (checked) and rounding
+    noise of one call, for either path."""
+    data, shapes = _storage(weights)
+    scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
+    _check_int8(momenta, scales)
+    noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
+    return data, shapes, [g.reshape(-1) for g in grads], [m.view(-1) for m in momenta], scales, noises
+
+
+def _implementation(name: str, fused: bool, device: torch.device) -> Callable[..., None]:
+    """:func:`_bso_tensors` / :func:`_tbso_tensors` compiled (``fused``) or run eagerly: the one choice of path."""
+    return _compiled_fn(name) if fused else _eager({"bso": _bso_tensors, "tbso": _tbso_tensors}[name], device)
 
 
 def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], last_flips: Sequence[Tensor],
@@ -424,13 +435,11 @@ def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Te
     if not weights:
         return
     device = grads[0].device
-    data, shapes = _storage(weights)
-    scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
-    _check_int8(momenta, scales)
-    noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
-    impl = _compiled_fn("bso") if fused else _eager(_eager_bso_tensors, device)
-    impl(data, shapes, list(grads), list(momenta), scales, list(last_flips), list(nonfinite_steps), noises,
-         _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
+    data, shapes, flat_grads, flat_momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
+                                                                       momentum_scales, fused)
+    _implementation("bso", fused, device)(
+        data, shapes, flat_grads, flat_momenta, scales, list(last_flips), list(nonfinite_steps), noises,
+        _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
 
 
 def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Tensor], vs: Sequence[Tensor],
@@ -446,12 +455,10 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
     if eps_placement not in EPS_PLACEMENTS:
         raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
     device = grads[0].device
-    data, shapes = _storage(weights)
-    scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
-    _check_int8(momenta, scales)
-    noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
-    impl = _compiled_fn("tbso") if fused else _eager(_eager_tbso_tensors, device)
-    impl(data, shapes, list(grads), list(momenta), scales, list(vs), torch.full((1,), time_step, dtype=torch.int64, device=device),
-         list(last_flips), list(nonfinite_steps), noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device),
-         _scalar(1.0 - betas[1], device), _scalar(threshold, device), _scalar(eps, device),
-         eps_placement == "outside")
+    data, shapes, flat_grads, flat_momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
+                                                                       momentum_scales, fused)
+    _implementation("tbso", fused, device)(
+        data, shapes, flat_grads, flat_momenta, scales, list(vs),
+        torch.full((1,), time_step, dtype=torch.int64, device=device), list(last_flips), list(nonfinite_steps),
+        noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device), _scalar(1.0 - betas[1], device),
+        _scalar(threshold, device), _scalar(eps, device), eps_placement == "outside")
