@@ -64,6 +64,13 @@ def file_stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def check_at_least(name: str, value, minimum, note: str = "") -> None:
+    """Raise ``ValueError("<name> must be >= <minimum> <note>, got <value>")`` when ``value < minimum``: the check of
+    every DataModule argument with a lower bound (``note`` says what the bound means, e.g. ``"(0 = no cutout)"``)."""
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{' ' + note if note else ''}, got {value}")
+
+
 def dataset_not_found(
     name: str, folder: str | Path, expected: str, how: str, problem: str | None = None
 ) -> DatasetNotFoundError:
@@ -109,10 +116,8 @@ class BaseDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_at_least("batch_size", batch_size, 1)
+        check_at_least("num_workers", num_workers, 0)
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision import datasets
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, dataset_not_found
+from datamodules.base import BaseDataModule, check_at_least, dataset_not_found
 from datamodules.datasets import cifar as reader
 from datamodules.datasets.cifar import CIFARImages
 from datamodules.safe_files import extract_archives, fetch_archive
@@ -18,7 +17,8 @@ from datamodules.transforms import Cutout
 
 
 class _CIFARDataModule(BaseDataModule):
-    """Shared code; the subclasses below only name the files, statistics and default ``root``.
+    """Shared code; the subclasses below only name their :class:`~datamodules.datasets.cifar.CIFARVariant` (files,
+    statistics) and default ``root``.
 
     (A subclass's ``__init__`` takes ``root`` and passes ``**kwargs`` on to this one: jsonargparse, and so
     LightningCLI, resolves ``**kwargs`` given to ``super().__init__`` to the arguments below, defaults
@@ -26,15 +26,7 @@ class _CIFARDataModule(BaseDataModule):
     """
 
     in_channels = 3
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    meta_file: str
-    label_key: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    tv_class: type
-    display_name: str
+    variant: reader.CIFARVariant
 
     def __init__(
         self,
@@ -50,12 +42,10 @@ class _CIFARDataModule(BaseDataModule):
         crop_padding: int = 4,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed)
-        if val_size < 0:
-            raise ValueError(f"val_size must be >= 0 (0 = use the test set for validation), got {val_size}")
-        if cutout_length < 0:
-            raise ValueError(f"cutout_length must be >= 0 (0 = no cutout), got {cutout_length}")
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        check_at_least("val_size", val_size, 0, "(0 = use the test set for validation)")
+        check_at_least("cutout_length", cutout_length, 0, "(0 = no cutout)")
+        check_at_least("crop_padding", crop_padding, 0)
+        self.num_classes, self.mean, self.std = self.variant.num_classes, self.variant.mean, self.variant.std
         self.download = download
         self.val_size = val_size
         self.auto_augment = auto_augment
@@ -65,30 +55,31 @@ class _CIFARDataModule(BaseDataModule):
     # ----------------------------------------------------------------------------------- data
     @property
     def data_dir(self) -> Path:
-        return self.root / self.folder
+        return self.root / self.variant.folder
 
     def prepare_data(self) -> None:
         if self.download and self._missing_files():
             # torchvision's URL and MD5; our download and extraction (no member outside the data folder)
-            archive = fetch_archive(self.tv_class.url, self.root / self.tv_class.filename, md5=self.tv_class.tgz_md5,
-                                    name=self.display_name)
-            extract_archives([archive], self.data_dir, inner=self.folder)
+            tv = self.variant.tv_class
+            archive = fetch_archive(tv.url, self.root / tv.filename, md5=tv.tgz_md5, name=self.variant.name)
+            extract_archives([archive], self.data_dir, inner=self.variant.folder)
         self._check_files()
 
+    def _wanted_files(self) -> tuple[str, ...]:
+        return (*self.variant.train_files, *self.variant.test_files, self.variant.meta_file)
+
     def _missing_files(self) -> list[str]:
-        wanted = (*self.train_files, *self.test_files, self.meta_file)
-        return [f for f in wanted if not (self.data_dir / f).is_file()]
+        return [f for f in self._wanted_files() if not (self.data_dir / f).is_file()]
 
     def _check_files(self) -> None:
-        wanted = (*self.train_files, *self.test_files, self.meta_file)
         missing = self._missing_files()
         if missing:
             raise dataset_not_found(
-                self.display_name,
+                self.variant.name,
                 self.data_dir,
-                f"the python-pickle files {', '.join(wanted)}",
-                f"pass download=True (torchvision fetches {self.tv_class.url}), or extract "
-                f"{self.tv_class.filename} into {self.root}",
+                f"the python-pickle files {', '.join(self._wanted_files())}",
+                f"pass download=True (torchvision fetches {self.variant.tv_class.url}), or extract "
+                f"{self.variant.tv_class.filename} into {self.root}",
                 problem=None if not self.data_dir.exists() else f"missing {', '.join(missing)}",
             )
 
@@ -110,8 +101,9 @@ class _CIFARDataModule(BaseDataModule):
         if self.train_set is not None:
             return
         self.prepare_data()  # downloads only if asked and missing; Lightning has usually called it already
-        train_x, train_y = reader.read_batches(self.data_dir, self.train_files, self.label_key, self.num_classes)
-        test_x, test_y = reader.read_batches(self.data_dir, self.test_files, self.label_key, self.num_classes)
+        v = self.variant
+        train_x, train_y = reader.read_batches(self.data_dir, v.train_files, v.label_key, v.num_classes)
+        test_x, test_y = reader.read_batches(self.data_dir, v.test_files, v.label_key, v.num_classes)
         self.test_set = CIFARImages(test_x, test_y, self.eval_transform())
         if self.val_size == 0:
             self.train_set = CIFARImages(train_x, train_y, self.train_transform())
@@ -135,16 +127,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     test split is always the official test set.
     """
 
-    num_classes = 10
-    folder = "cifar-10-batches-py"
-    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
-    test_files = ("test_batch",)
-    meta_file = "batches.meta"
-    label_key = "labels"
-    mean = (0.4914, 0.4822, 0.4465)
-    std = (0.2023, 0.1994, 0.2010)
-    tv_class = datasets.CIFAR10
-    display_name = "CIFAR-10"
+    variant = reader.CIFAR10
 
     def __init__(self, root: str | Path = "data/cifar10", **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
@@ -153,16 +136,7 @@ class CIFAR10DataModule(_CIFARDataModule):
 class CIFAR100DataModule(_CIFARDataModule):
     """CIFAR-100 (fine labels) from ``root/cifar-100-python``; same pipeline as :class:`CIFAR10DataModule`."""
 
-    num_classes = 100
-    folder = "cifar-100-python"
-    train_files = ("train",)
-    test_files = ("test",)
-    meta_file = "meta"
-    label_key = "fine_labels"
-    mean = (0.5071, 0.4867, 0.4408)
-    std = (0.2675, 0.2565, 0.2761)
-    tv_class = datasets.CIFAR100
-    display_name = "CIFAR-100"
+    variant = reader.CIFAR100
 
     def __init__(self, root: str | Path = "data/cifar100", **kwargs: Any) -> None:
         super().__init__(root, **kwargs)

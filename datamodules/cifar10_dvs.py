@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 
+from datamodules.base import check_at_least
 from datamodules.datasets import cifar10_dvs as reader
 from datamodules.datasets.splits import first_per_class, seeded_per_class
 from datamodules.event_frames import CameraEventFrameDataModule
@@ -66,8 +67,7 @@ class CIFAR10DVSDataModule(CameraEventFrameDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed, download, time_steps, normalize)
-        if train_per_class < 1:
-            raise ValueError(f"train_per_class must be >= 1, got {train_per_class}")
+        check_at_least("train_per_class", train_per_class, 1)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._set_camera_options(image_size, split_by, crop_padding, horizontal_flip)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, check_at_least
 
 
 class DigitsDataModule(BaseDataModule):
@@ -31,8 +31,7 @@ class DigitsDataModule(BaseDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(root=".", batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if image_size < 8:
-            raise ValueError(f"image_size must be >= 8 (the digits are 8x8), got {image_size}")
+        check_at_least("image_size", image_size, 8, "(the digits are 8x8)")
         if not (0.0 < val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
             raise ValueError(
                 "val_fraction and test_fraction must lie in (0, 1) and sum to less than 1, "

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, file_stamp
+from datamodules.base import BaseDataModule, check_at_least, file_stamp
 from datamodules.datasets.frames import (FrameDataset, build_frame_cache, cache_matches, channel_mean_std,
                                          integrate_event_file, write_json)
 
@@ -38,8 +38,7 @@ class EventFrameDataModule(BaseDataModule):
     def __init__(self, root: str | Path, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
                  download: bool, time_steps: int, normalize: bool) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed)
-        if time_steps < 1:
-            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        check_at_least("time_steps", time_steps, 1)
         self.download = download
         self.time_steps = time_steps
         self.normalize = normalize
@@ -148,8 +147,7 @@ class CameraEventFrameDataModule(EventFrameDataModule):
             raise ValueError(f"image_size must lie in [1, {self.reader.SENSOR_SIZE}], got {image_size}")
         if split_by not in ("number", "time"):
             raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        check_at_least("crop_padding", crop_padding, 0)
         self.image_size, self.split_by = image_size, split_by
         self.crop_padding, self.horizontal_flip = crop_padding, horizontal_flip
 

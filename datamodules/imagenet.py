@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torchvision import transforms as T
 
-from datamodules.base import BaseDataModule, dataset_not_found
+from datamodules.base import BaseDataModule, check_at_least, dataset_not_found
 from datamodules.datasets import imagenet as reader
 from datamodules.datasets.imagenet import CHECK_THREADS, check_image_headers  # noqa: F401 (benchmarks import them here)
 
@@ -65,8 +65,7 @@ class ImageNetDataModule(BaseDataModule):
         check_images: bool = True,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_at_least("num_classes", num_classes, 2)
         if image_size < 1 or resize_size < image_size:
             raise ValueError(
                 f"need 1 <= image_size <= resize_size, got image_size={image_size}, resize_size={resize_size}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import file_stamp
+from datamodules.base import check_at_least, file_stamp
 from datamodules.datasets import shd as reader
 from datamodules.event_frames import EventFrameDataModule
 
@@ -45,8 +45,7 @@ class SHDDataModule(EventFrameDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__(root, batch_size, num_workers, pin_memory, seed, download, time_steps, normalize)
-        if time_bins < 1:
-            raise ValueError(f"time_bins must be >= 1, got {time_bins}")
+        check_at_least("time_bins", time_bins, 1)
         if not 1 <= channel_groups <= reader.CHANNELS:
             raise ValueError(f"channel_groups must lie in [1, {reader.CHANNELS}], got {channel_groups}")
         if not duration > 0:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from datamodules.base import BaseDataModule, dataset_not_found, file_stamp
+from datamodules.base import BaseDataModule, check_at_least, dataset_not_found, file_stamp
 from datamodules.datasets import speech_commands as reader
 from datamodules.datasets.speech_commands import (CLASSES_12, KEYWORDS, SUBSETS, VERSION_WORDS, WORDS, WORDS_V1,
                                                   read_wav)
@@ -96,8 +96,7 @@ class SpeechCommandsDataModule(BaseDataModule):
                 raise ValueError(f"words must be distinct, non-empty word folder names, got {words!r}")
         if class_set == "words" and words is None:
             raise ValueError("class_set='words' needs words=[...] (the classes, in label order)")
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        check_at_least("image_size", image_size, 1)
         if n_mels < 1 or n_fft < 2 or hop_length < 1:
             raise ValueError(f"need n_mels >= 1, n_fft >= 2, hop_length >= 1; got {n_mels}, {n_fft}, {hop_length}")
         for name, value in (("silence_percentage", silence_percentage), ("unknown_percentage", unknown_percentage)):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from datamodules.base import check_at_least
+
 
 class Cutout(torch.nn.Module):
     """Zero ``n_holes`` random ``length`` x ``length`` squares of a ``[..., H, W]`` tensor.
@@ -20,10 +22,8 @@ class Cutout(torch.nn.Module):
 
     def __init__(self, length: int = 16, n_holes: int = 1) -> None:
         super().__init__()
-        if length < 1:
-            raise ValueError(f"Cutout length must be >= 1, got {length}")
-        if n_holes < 1:
-            raise ValueError(f"Cutout n_holes must be >= 1, got {n_holes}")
+        check_at_least("Cutout length", length, 1)
+        check_at_least("Cutout n_holes", n_holes, 1)
         self.length = length
         self.n_holes = n_holes
 

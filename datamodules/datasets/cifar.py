@@ -12,6 +12,7 @@ unpickler (:func:`datamodules.safe_files.load_arrays_pickle`) and checked (:clas
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,10 +20,35 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import datasets
 from torchvision import transforms as T
 
 from datamodules.base import DataFileError
 from datamodules.safe_files import load_arrays_pickle
+
+
+@dataclass(frozen=True)
+class CIFARVariant:
+    """CIFAR-10 or CIFAR-100 in torchvision's layout: where its batches are and how they name the labels, torchvision's
+    class for the archive (``url``, ``filename``, ``tgz_md5``), and the mean/std the BSO authors normalize with."""
+
+    name: str  # "CIFAR-10", in messages
+    num_classes: int
+    folder: str  # under root
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tv_class: type
+
+
+CIFAR10 = CIFARVariant("CIFAR-10", 10, "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                       ("test_batch",), "batches.meta", "labels", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+                       datasets.CIFAR10)
+CIFAR100 = CIFARVariant("CIFAR-100", 100, "cifar-100-python", ("train",), ("test",), "meta", "fine_labels",
+                        (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), datasets.CIFAR100)  # fine labels
 
 
 class CIFARImages(Dataset):

@@ -5,7 +5,9 @@ the dataset's root. No network: torch.hub's downloader copies the fixture archiv
 
 from __future__ import annotations
 
+import re
 import shutil
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,12 +15,13 @@ from typing import Callable
 import pytest
 import torch.hub
 
-from datamodules import (CIFAR10DataModule, CIFAR10DVSDataModule, DataFileError, DatasetNotFoundError,
-                         DVS128GestureDataModule, SHDDataModule)
+from datamodules import CIFAR10DataModule, DataFileError, DatasetNotFoundError, SpeechCommandsDataModule
 from datamodules.datasets import cifar10_dvs as dvs_reader
 from datamodules.datasets import dvs128_gesture as gesture_reader
 from datamodules.datasets import shd as shd_reader
+from datamodules.datasets import speech_commands as speech_reader
 from datamodules.safe_files import file_digest
+from tests.datamodules.conftest import make_cifar10_dvs, make_dvs128_gesture, make_shd
 
 
 @dataclass
@@ -34,15 +37,11 @@ class Case:
 CASES = {
     "cifar10": Case(lambda root, **k: CIFAR10DataModule(root=root, batch_size=4, **k), ["cifar-10-python.tar.gz"],
                     "cifar10", True, ("cifar-10-python.tar.gz", "cifar10/cifar-10-batches-py", "cifar-10-batches-py"), 20),
-    "cifar10_dvs": Case(lambda root, **k: CIFAR10DVSDataModule(root=root, batch_size=8, train_per_class=4, **k),
-                        [f"download/{name}" for name, _, _ in dvs_reader.ARCHIVES], "cifar10_dvs", True,
+    "cifar10_dvs": Case(make_cifar10_dvs, [f"download/{name}" for name, _, _ in dvs_reader.ARCHIVES], "cifar10_dvs", True,
                         ("download/airplane.zip", "cifar10_dvs_raw/extract/airplane", "airplane"), 40),
-    "dvs128_gesture": Case(lambda root, **k: DVS128GestureDataModule(root=root, batch_size=4, time_steps=4,
-                                                                     image_size=32, **k),
-                           ["download/DvsGesture.tar.gz"], "dvs128_gesture", False,
+    "dvs128_gesture": Case(make_dvs128_gesture, ["download/DvsGesture.tar.gz"], "dvs128_gesture", False,
                            ("download/DvsGesture.tar.gz", "dvs128_gesture/extract/DvsGesture", "DvsGesture"), 22),
-    "shd": Case(lambda root, **k: SHDDataModule(root=root, batch_size=8, time_steps=4, **k),
-                [f"download/{name}" for name, _, _ in shd_reader.ARCHIVES], "shd", True,
+    "shd": Case(make_shd, [f"download/{name}" for name, _, _ in shd_reader.ARCHIVES], "shd", True,
                 ("download/shd_train.h5.zip", "shd_train_only", "."), 40),
 }
 
@@ -53,7 +52,7 @@ def _publish(monkeypatch, name: str, root: Path) -> None:
         return file_digest(root / rel, "md5")
 
     if name == "cifar10":
-        monkeypatch.setattr(CIFAR10DataModule.tv_class, "tgz_md5", md5("cifar-10-python.tar.gz"))
+        monkeypatch.setattr(CIFAR10DataModule.variant.tv_class, "tgz_md5", md5("cifar-10-python.tar.gz"))
     elif name == "dvs128_gesture":
         monkeypatch.setattr(gesture_reader, "ARCHIVE_MD5", md5("download/DvsGesture.tar.gz"))
     else:
@@ -130,3 +129,27 @@ def test_a_hostile_archive_is_refused_and_nothing_leaves_root(name, kind, data_r
     assert "\n" not in str(info.value)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
     assert not absolute.exists() and not (tmp_path / "escaped.txt").exists()
+
+
+#: the first URL an offline download=True tries, as its one-line error names it
+OFFLINE = {
+    "cifar10": (CASES["cifar10"].make,
+                r"CIFAR-10: download of https://www.cs.toronto.edu/\S+ into \S+ failed \(URLError: <urlopen error \[Errno -3\]"),
+    "cifar10_dvs": (make_cifar10_dvs, rf"download of {re.escape(dvs_reader.ARCHIVES[0][1])} into \S+ failed \(URLError"),
+    "shd": (make_shd, rf"download of {re.escape(shd_reader.ARCHIVES[0][1])} into \S+ failed \(URLError"),
+    "speech_commands": (lambda root, **k: SpeechCommandsDataModule(root=root, **k),
+                        rf"download of {re.escape(speech_reader.ARCHIVE_URL.format(version='v0.02'))} failed \(URLError"),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFLINE))
+def test_an_offline_download_is_one_line_naming_the_url(name, tmp_path, monkeypatch):
+    make, message = OFFLINE[name]
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(DatasetNotFoundError, match=message) as info:
+        make(tmp_path, download=True).prepare_data()
+    assert "\n" not in str(info.value)

@@ -217,20 +217,6 @@ def test_archive_members_outside_the_dataset_folder_are_refused(data_roots, tmp_
     assert sorted(p.name for p in (root / "SpeechCommands").iterdir()) == []  # no partial extraction left
 
 
-def test_offline_download_is_one_line_naming_the_url(tmp_path, monkeypatch):
-    import urllib.error
-
-    import torch.hub
-
-    def offline(url, dst, hash_prefix=None, progress=True):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(DatasetNotFoundError, match=r"download of http://download.tensorflow.org/data/"
-                                                   r"speech_commands_v0.02.tar.gz failed \(URLError"):
-        SpeechCommandsDataModule(root=tmp_path, download=True).prepare_data()
-
-
 def test_a_word_list_alone_makes_those_words_the_classes(private_root):
     dm = SpeechCommandsDataModule(root=private_root("speech_commands"), words=["yes", "no", "up"], batch_size=4)
     assert dm.class_set == "words" and dm.classes == ("yes", "no", "up") and dm.num_classes == 3
