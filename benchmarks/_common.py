@@ -28,9 +28,80 @@ METHODS: dict[str, str] = {
 }
 
 
+#: The objects a classifier is given and the class each builds by default (``OnlineClassifier``'s defaults).
+OBJECT_DEFAULTS: dict[str, str] = {
+    "optimizer": "bso_lightning.optim.TBSO", "schedule": "bso_lightning.optim.RunExponentialSchedule",
+    "fp_optimizer": "bso_lightning.optim.FullPrecisionSGD", "lr_scheduler": "bso_lightning.optim.CosineAnnealingToZero",
+}
+
+
+def cosine_over(epochs: int) -> dict[str, Any]:
+    """``lr_scheduler``: the cosine learning rate over ``epochs`` epochs (a run without ``max_epochs``)."""
+    return {"class_path": "bso_lightning.optim.CosineAnnealingToZero", "init_args": {"epochs": epochs}}
+
+
+BINARY_OPTIMIZERS = {"bso": "bso_lightning.optim.BSO", "tbso": "bso_lightning.optim.TBSO"}
+
+
+def parse_settings(items: Sequence[str], optimizer: str = "tbso") -> dict[str, Any]:
+    """``--set KEY=VALUE`` items (values read as YAML) as classifier arguments: a key is an argument
+    (``trace=ndot``, ``schedule=bso_lightning.optim.ConstantSchedule``, ``loop={mse_weight: 0.1}``) or a dotted path
+    into one (``optimizer.threshold=1e-6``, ``optimizer.init_args.threshold=1e-6``, ``loop.mse_weight=0.1``,
+    ``arch_kwargs.width=8``); the flat names of the versions before issue 22 (``threshold=1e-6``,
+    ``schedule=constant``, ``momentum_dtype=int8``) are translated (``bso_lightning.tasks.legacy``)."""
+    import yaml
+
+    from bso_lightning.tasks.legacy import translate_settings
+
+    flat: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        flat[key] = parsed
+    nested: dict[str, Any] = {}
+    for key, value in translate_settings({k: v for k, v in flat.items() if "." not in k}, optimizer).items():
+        nested = merge_arguments(nested, {key: value})
+    for key, value in flat.items():
+        if "." in key:
+            name, _, field = key.partition(".")
+            if name in OBJECT_DEFAULTS:
+                nested = merge_arguments(nested, {name: {"init_args": {field.removeprefix("init_args."): value}}})
+            else:
+                nested = merge_arguments(nested, {name: {field: value}})
+    return nested
+
+
+def merge_arguments(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` classifier arguments with ``update`` applied as a later ``--config`` would: an object
+    (:data:`OBJECT_DEFAULTS`) keeps its class and earlier ``init_args`` unless the update names another class;
+    ``loop`` and ``arch_kwargs`` dicts are merged; anything else is replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if key in OBJECT_DEFAULTS and isinstance(value, (str, dict)):
+            spec = {"class_path": value} if isinstance(value, str) else value
+            previous = out.get(key) if isinstance(out.get(key), dict) else {"class_path": OBJECT_DEFAULTS[key]}
+            class_path = spec.get("class_path") or previous["class_path"]
+            init_args = dict(previous.get("init_args") or {}) if class_path == previous["class_path"] else {}
+            out[key] = {"class_path": class_path, "init_args": {**init_args, **dict(spec.get("init_args") or {})}}
+        elif key in ("loop", "arch_kwargs") and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
 def make_task(method: str, arch: str, time_steps: int, num_classes: int = 10, in_channels: int = 3,
               arch_kwargs: Optional[dict[str, Any]] = None, **overrides):
-    """The LightningModule of ``method`` with the shared arguments (each class's defaults otherwise)."""
+    """The LightningModule of ``method`` with the shared arguments (each class's defaults otherwise). ``overrides``
+    are the class's own arguments (``OnlineClassifier``: ``optimizer`` may be a ``{"init_args": ...}`` dict whose
+    class is the method's, BSO or T-BSO)."""
     from bso_lightning.tasks import BPTTLatentClassifier, OnlineClassifier, OTTTClassifier
 
     shared = dict(arch=arch, num_classes=num_classes, in_channels=in_channels, arch_kwargs=arch_kwargs,
@@ -39,8 +110,13 @@ def make_task(method: str, arch: str, time_steps: int, num_classes: int = 10, in
         return BPTTLatentClassifier(**shared)
     if method == "ottt_fp":
         return OTTTClassifier(**shared)
-    if method in ("bso", "tbso"):
-        return OnlineClassifier(optimizer=method, **shared)
+    if method in BINARY_OPTIMIZERS:
+        given = shared.pop("optimizer", None)
+        if given is not None and not isinstance(given, dict):
+            raise ValueError(f"optimizer: give a {{'init_args': ...}} dict (the method {method!r} picks the class), "
+                             f"got {given!r}")
+        init_args = dict(given.get("init_args") or {}) if isinstance(given, dict) else {}
+        return OnlineClassifier(optimizer={"class_path": BINARY_OPTIMIZERS[method], "init_args": init_args}, **shared)
     raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
 
 

@@ -15,7 +15,7 @@ initialisation and the order of the training batches.
     python benchmarks/accuracy.py --quick              # smoke test
 
 ``--settings paper authors`` runs BSO/T-BSO once per setting — the behaviours of
-``configs/reference/<setting>.yaml`` (docs/fidelity.md) applied on top — and reports T-BSO − BSO per T: the
+``configs/reference/<setting>_<bso|tbso>.yaml`` (docs/fidelity.md) applied on top — and reports T-BSO − BSO per T: the
 mean over seeds of the paired difference (same seed: same initialisation and batch order for both), with a
 95% Student-t confidence interval, for both readings of the test accuracy (BatchNorm re-estimated:
 ``test/acc``; running statistics, the authors' evaluation: ``test/acc_running_bn``):
@@ -42,27 +42,17 @@ from _common import METHODS, markdown_table, mean_std  # noqa: E402
 SETTINGS_DIR = _common.ROOT / "configs" / "reference"
 
 
-def setting_overrides(setting: str) -> dict[str, Any]:
-    """The OnlineClassifier arguments of ``configs/reference/<setting>.yaml`` (``model.init_args``)."""
+def setting_overrides(setting: str, method: str = "tbso") -> dict[str, Any]:
+    """The OnlineClassifier arguments of ``configs/reference/<setting>_<method>.yaml`` (one fragment per binary
+    optimizer; ``<setting>.yaml`` if there is no such file): its ``model.init_args``."""
     import yaml
 
-    path = SETTINGS_DIR / f"{setting}.yaml"
+    path = SETTINGS_DIR / f"{setting}_{method}.yaml"
     if not path.is_file():
-        raise SystemExit(f"--settings: no {path.relative_to(_common.ROOT)}")
+        path = SETTINGS_DIR / f"{setting}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--settings: no {path.relative_to(_common.ROOT)} (nor {setting}_{method}.yaml)")
     return dict(yaml.safe_load(path.read_text())["model"]["init_args"])
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["trace=ottt", ...]`` -> ``{"trace": "ottt", ...}`` (values read as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -94,18 +84,21 @@ def run_one(setting: str, method: str, time_steps: int, seed: int, args) -> dict
             return loader
 
     L.seed_everything(seed, verbose=False)
-    extra: dict[str, Any] = {"latent_lr": args.bptt_latent_lr} if method == "bptt_latent" else {}
+    extra: dict[str, Any] = {}
+    if method == "bptt_latent":
+        extra["latent_optimizer"] = {"class_path": "torch.optim.Adam", "init_args": {"lr": args.bptt_latent_lr}}
     if method in ("bso", "tbso") and args.bso_decay != 1.0:  # the authors' step schedule, compressed
-        extra.update(schedule="step", schedule_every=args.decay_every, schedule_factor=args.bso_decay,
-                     schedule_interval="epoch")
+        extra["schedule"] = {"class_path": "bso_lightning.optim.StepSchedule", "init_args": {
+            "every": args.decay_every, "factor": args.bso_decay, "interval": "epoch"}}
     elif method in ("bso", "tbso"):  # --bso-decay 1: constant γ and β (not the classifier's run_exp default)
-        extra.update(schedule="constant")
+        extra["schedule"] = "bso_lightning.optim.ConstantSchedule"
     if method in ("bso", "tbso") and setting != "default":
-        extra.update(setting_overrides(setting))
+        extra = _common.merge_arguments(extra, setting_overrides(setting, method))
     if method in ("bso", "tbso"):
-        extra.update(parse_sets(args.set))
+        extra = _common.merge_arguments(extra, _common.parse_settings(args.set, method))
+    arch_kwargs = {"width": args.width, **extra.pop("arch_kwargs", {})}
     task = _common.make_task(method, "small_cnn", time_steps, num_classes=10, in_channels=1,
-                             arch_kwargs={"width": args.width}, bn_recalibration_batches=args.bn_batches, **extra)
+                             arch_kwargs=arch_kwargs, bn_recalibration_batches=args.bn_batches, **extra)
     data = SeededOrderDigits(batch_size=args.batch_size, image_size=args.image_size, seed=0)
     limits = {"limit_train_batches": args.limit_train_batches} if args.limit_train_batches else {}
     trainer = _common.make_trainer(max_epochs=args.epochs, limit_val_batches=0, deterministic=True, **limits)
@@ -137,9 +130,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                         help="runs in parallel, one process each (results do not depend on it)")
     parser.add_argument("--settings", nargs="+", default=["default"],
                         help="BSO/T-BSO behaviour sets: 'default' (the class defaults) or the name of a fragment in "
-                             "configs/reference/ ('paper', 'authors'); the other methods run once")
+                             "configs/reference/ ('paper', 'authors': <name>_<bso|tbso>.yaml); the other methods run once")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="BSO/T-BSO arguments applied after the setting, e.g. --set trace=ottt")
+                        help="BSO/T-BSO arguments applied after the setting, e.g. --set trace=ottt "
+                             "optimizer.threshold=1e-6 (benchmarks/_common.parse_settings)")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="no runs: re-render the report of the runs stored in this results .json (with its arguments)")
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2,
@@ -164,7 +158,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     info = _common.machine_info()
     for setting in args.settings:
         if setting != "default":
-            setting_overrides(setting)  # fail before any run if a fragment is missing
+            for method in set(args.methods) & {"bso", "tbso"}:
+                setting_overrides(setting, method)  # fail before any run if a fragment is missing
     binary = ("bso", "tbso")
     runs = [(setting, m, t, seed) for setting in args.settings for t in args.time_steps for m in args.methods
             for seed in args.seeds if m in binary or setting == args.settings[0]]
@@ -217,7 +212,7 @@ def report(all_results: list[dict[str, Any]], args, info: dict[str, Any]) -> lis
                f"{args.bptt_latent_lr:g} (Adam); seeds {args.seeds} "
                f"(mean ± sample std over {len(args.seeds)} seed(s)); CPU")
     if args.settings != ["default"]:
-        setting += f"; settings {', '.join(args.settings)} (BSO/T-BSO: configs/reference/<setting>.yaml)"
+        setting += f"; settings {', '.join(args.settings)} (BSO/T-BSO: configs/reference/<setting>_<method>.yaml)"
     if args.set:
         setting += f"; BSO/T-BSO also {', '.join(args.set)}"
     text = "\n".join([

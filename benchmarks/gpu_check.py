@@ -417,7 +417,7 @@ def callback_reading(method: str, time_steps: int, s: dict[str, Any], device: st
     from bso_lightning.callbacks import MemoryCallback
 
     task, loader = _memory_module().task_and_loader(method, time_steps, s["arch"], s["batch_size"], s["image_size"], 1,
-                                                    width=s["width"], cosine_epochs=2)
+                                                    width=s["width"], lr_scheduler=_common.cosine_over(2))
     callback = MemoryCallback()
     trainer = _common.make_trainer(max_epochs=2, accelerator="gpu" if device == "cuda" else "cpu",
                                    limit_train_batches=1, limit_val_batches=0, callbacks=[callback])
@@ -491,15 +491,15 @@ def part_memory(part: dict[str, Any], ctx: dict[str, Any]) -> None:
 
 
 THROUGHPUT_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "T-BSO eager, dense": ("tbso", dict(fused_optimizer=False, weight_storage="dense")),
-    "T-BSO eager, packed": ("tbso", dict(fused_optimizer=False, weight_storage="packed")),
-    "T-BSO compiled, dense": ("tbso", dict(fused_optimizer=True, weight_storage="dense")),
-    "T-BSO compiled, packed": ("tbso", dict(fused_optimizer=True, weight_storage="packed")),
-    "T-BSO compiled, packed, bf16 momentum": ("tbso", dict(fused_optimizer=True, weight_storage="packed",
-                                                            momentum_dtype="bfloat16")),
-    "T-BSO compiled, packed, bf16 momentum + bf16 saved activations": (
-        "tbso", dict(fused_optimizer=True, weight_storage="packed", momentum_dtype="bfloat16",
-                     saved_activation_dtype="bfloat16")),
+    "T-BSO eager, dense": ("tbso", dict(optimizer={"init_args": {"fused": False}}, weight_storage="dense")),
+    "T-BSO eager, packed": ("tbso", dict(optimizer={"init_args": {"fused": False}}, weight_storage="packed")),
+    "T-BSO compiled, dense": ("tbso", dict(optimizer={"init_args": {"fused": True}}, weight_storage="dense")),
+    "T-BSO compiled, packed": ("tbso", dict(optimizer={"init_args": {"fused": True}}, weight_storage="packed")),
+    "T-BSO compiled, packed, bf16 momentum": ("tbso", dict(
+        optimizer={"init_args": {"fused": True, "momentum_dtype": "bfloat16"}}, weight_storage="packed")),
+    "T-BSO compiled, packed, bf16 momentum + bf16 saved activations": ("tbso", dict(
+        optimizer={"init_args": {"fused": True, "momentum_dtype": "bfloat16"}}, weight_storage="packed",
+        loop={"saved_activation_dtype": "bfloat16"})),
     "OTTT-FP": ("ottt_fp", {}),
 }
 

@@ -48,7 +48,7 @@ def task_and_loader(method: str, time_steps: int, arch: str, batch_size: int, im
     L.seed_everything(seed, verbose=False)
     arch_kwargs = {"width": width} if width is not None else None
     task = _common.make_task(method, arch, time_steps, num_classes=10, in_channels=3, arch_kwargs=arch_kwargs,
-                             **{"cosine_epochs": 1, "bn_recalibration_batches": 0, **overrides})
+                             **{"lr_scheduler": _common.cosine_over(1), "bn_recalibration_batches": 0, **overrides})
     n = batch_size * batches
     data = TensorDataset(torch.rand(n, 3, image_size, image_size), torch.randint(0, 10, (n,)))
     return task, DataLoader(data, batch_size=batch_size, shuffle=False)

@@ -37,13 +37,17 @@ def train_digits_model(seed: int, epochs: int, image_size: int = 8, width: int =
     import lightning as L
     import torch
 
+    from functools import partial
+
+    from bso_lightning.optim import CosineAnnealingToZero
     from bso_lightning.tasks import OnlineClassifier
     from datamodules import DigitsDataModule
 
     L.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=32, image_size=image_size, seed=seed)
     task = OnlineClassifier(arch="small_cnn", arch_kwargs={"width": width}, time_steps=time_steps,
-                            cosine_epochs=epochs, bn_recalibration_batches=4, batchnorm_statistics=batchnorm_statistics)
+                            lr_scheduler=partial(CosineAnnealingToZero, epochs=epochs), bn_recalibration_batches=4,
+                            batchnorm_statistics=batchnorm_statistics)
     make_trainer(max_epochs=epochs, limit_val_batches=0).fit(task, datamodule=dm)
     task.eval()
     dm.setup()

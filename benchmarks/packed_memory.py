@@ -59,6 +59,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "packed_bf16_act": {"weight_storage": "packed", "momentum_dtype": "bfloat16", "step_in_backward": True,
                         "saved_activation_dtype": "bfloat16"},
 }
+#: Where each setting of CONFIGS is a classifier argument (``--model.init_args.<path>``).
+CLI_PATHS = {"weight_storage": "weight_storage", "momentum_dtype": "optimizer.init_args.momentum_dtype",
+             "step_in_backward": "loop.step_in_backward", "saved_activation_dtype": "loop.saved_activation_dtype"}
 LABELS = {"dense": "dense ±1 float32 + float32 momentum (before; = the authors' layout)",
           "packed": "packed bits + float32 momentum (plain loop, stepping inside the backward)",
           "packed_bf16": "packed bits + bfloat16 momentum", "packed_int8": "packed bits + int8 momentum",
@@ -249,7 +252,7 @@ def accuracy_run(config: str, seed: int, args) -> tuple[str, int, float]:
     from bso_lightning.cli import build_cli
 
     root = tempfile.mkdtemp(prefix=f"packed_memory_{config}_{seed}_")
-    overrides = [f"--model.init_args.{k}={str(v).lower() if isinstance(v, bool) else v}"
+    overrides = [f"--model.init_args.{CLI_PATHS[k]}={str(v).lower() if isinstance(v, bool) else v}"
                  for k, v in CONFIGS[config].items()]
     cli = build_cli(["fit", "--config", str(_common.ROOT / "configs" / "quickstart.yaml"), f"--seed_everything={seed}",
                      f"--trainer.default_root_dir={root}", "--trainer.logger=false",

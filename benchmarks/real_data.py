@@ -148,13 +148,17 @@ def run_cell(row_name: str, method: str, seed: int, args) -> dict[str, Any]:
                                 "train_acc": 100 * float(running)})
 
     L.seed_everything(seed, verbose=False)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # (as logged: the cell's identity for --skip-done)
+    arguments: dict[str, Any] = {}
     if method == "bptt_latent":
         extra["latent_lr"] = args.bptt_latent_lr
+        arguments["latent_optimizer"] = {"class_path": "torch.optim.Adam", "init_args": {"lr": args.bptt_latent_lr}}
     if method in ("bso", "tbso"):
         extra.update(args.overrides)
+        arguments.update(_common.parse_settings(args.set_items, method))
+    arch_kwargs = {"width": row["width"], **arguments.pop("arch_kwargs", {})}
     task = _common.make_task(method, "small_cnn", args.time_steps, num_classes=10, in_channels=1,
-                             arch_kwargs={"width": row["width"]}, **extra)
+                             arch_kwargs=arch_kwargs, **arguments)
     data = make_datamodule(row, seed, args)
     curve = Curve()
     flips = FlipRateCallback(log_every_n_steps=0, warn_above=None, require_binary_optimizer=False)
@@ -311,7 +315,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--bptt-latent-lr", type=float, default=1e-2)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="BSO/T-BSO arguments (OnlineClassifier) that replace the defaults, e.g. schedule=constant")
+                        help="BSO/T-BSO arguments (OnlineClassifier) that replace the defaults, e.g. "
+                             "schedule=bso_lightning.optim.ConstantSchedule, optimizer.threshold=1e-6, "
+                             "loop.mse_weight=0.1 (the flat names of older versions, schedule=constant, work too)")
     parser.add_argument("--limit", type=int, default=None, help="MNIST: only the first N train/val/test images")
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="cells at a time, one process each")
@@ -323,7 +329,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                         help="only rebuild the tables and plot from these logs (the cells of --rows/--methods)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
+    args.set_items = list(args.overrides)
     args.overrides = parse_overrides(args.overrides)
+    for method in ("bso", "tbso"):  # fail before any run if a setting is not understood
+        _common.parse_settings(args.set_items, method)
     if args.threads is None:
         args.threads = 1
     _common.apply_threads(args)

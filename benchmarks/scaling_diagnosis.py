@@ -316,14 +316,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     _common.quiet_lightning()
     L.seed_everything(args.seed, verbose=False)
-    overrides = parse_overrides(args.overrides)
-    overrides.setdefault("step_in_backward", False)  # keep gradients visible to the probe (same flips)
+    overrides = parse_overrides(args.overrides)  # (as logged, with the two settings below)
+    overrides.setdefault("step_in_backward", False)
     overrides.setdefault("weight_storage", "dense")
-    arch_kwargs = dict(overrides.pop("arch_kwargs", {}) or {})
+    arguments = _common.merge_arguments(
+        {"loop": {"step_in_backward": False},  # keep gradients visible to the probe (same flips)
+         "weight_storage": "dense"}, _common.parse_settings(args.overrides, args.optimizer))
+    arch_kwargs = dict(arguments.pop("arch_kwargs", {}) or {})
     if args.arch == "small_cnn":
         arch_kwargs.setdefault("width", args.width)
     task = _common.make_task(args.optimizer, args.arch, args.time_steps, num_classes=10, in_channels=1,
-                             arch_kwargs=arch_kwargs, **overrides)
+                             arch_kwargs=arch_kwargs, **arguments)
     row = {"data": "mnist", "image_size": args.image_size, "width": args.width, "epochs": args.epochs}
     data = make_datamodule(row, args.seed, argparse.Namespace(limit=None, train_images=args.limit or 50000,
                                                               val_images=0, batch_size=args.batch_size))

@@ -50,7 +50,7 @@ def measure(method: str, args) -> dict[str, Any]:
 
     L.seed_everything(0, verbose=False)
     task = _common.make_task(method, args.arch, args.time_steps, num_classes=args.num_classes, in_channels=3,
-                             arch_kwargs=arch_kwargs, cosine_epochs=1, bn_recalibration_batches=0)
+                             arch_kwargs=arch_kwargs, lr_scheduler=_common.cosine_over(1), bn_recalibration_batches=0)
     n = 2
     data = TensorDataset(torch.rand(n, 3, args.image_size, args.image_size), torch.randint(0, args.num_classes, (n,)))
     trainer = _common.make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
@@ -91,7 +91,7 @@ def measure(method: str, args) -> dict[str, Any]:
     }
 
 
-#: Storage layouts of the binary methods: OnlineClassifier options.
+#: Storage layouts of the binary methods: OnlineClassifier's weight_storage and the optimizer's momentum_dtype.
 LAYOUTS: dict[str, dict[str, Any]] = {
     "dense ±1 float32 + float32 momentum (the authors' layout)": dict(weight_storage="dense",
                                                                        momentum_dtype="float32"),
@@ -114,7 +114,9 @@ def measure_layout(method: str, layout: dict[str, Any], args) -> dict[str, Any]:
     arch_kwargs = {"width": args.width} if args.width else None
     L.seed_everything(0, verbose=False)
     task = _common.make_task(method, args.arch, args.time_steps, num_classes=args.num_classes, in_channels=3,
-                             arch_kwargs=arch_kwargs, cosine_epochs=1, bn_recalibration_batches=0, **layout)
+                             arch_kwargs=arch_kwargs, lr_scheduler=_common.cosine_over(1), bn_recalibration_batches=0,
+                             weight_storage=layout["weight_storage"],
+                             optimizer={"init_args": {"momentum_dtype": layout["momentum_dtype"]}})
     data = TensorDataset(torch.rand(2, 3, args.image_size, args.image_size), torch.randint(0, args.num_classes, (2,)))
     trainer = _common.make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=2))

@@ -21,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.callbacks.flip_rate import FlipRateCallback
 from bso_lightning.checkpoint_io import AtomicCheckpointIO
-from bso_lightning.tasks.faults import CheckpointError, check_ckpt_path, check_model_bounds, read_checkpoint
+from bso_lightning.checkpoints import CheckpointError, check_ckpt_path, check_model_bounds, read_checkpoint
+from bso_lightning.tasks.base import architecture_view
+from bso_lightning.tasks.legacy import check_resumable
 from bso_lightning.errors import UserDataError
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 #: and the environment's (``OSError``: a full disk, a folder that cannot be written, no network).
 USER_ERRORS = (ValueError, OSError, FloatingPointError, UserDataError, MisconfigurationException)
 #: Model arguments that a resumed run cannot change (LightningCLI rebuilds the model from the checkpoint's; T fixes
-#: the per-time-step optimizer state and BatchNorm statistics).
+#: the per-time-step optimizer state and BatchNorm statistics): ``arch_kwargs`` without the neuron's ``decay`` and
+#: ``v_threshold``, and of ``optimizer`` only its class (BSO or T-BSO: the layout of its state), not γ or β.
 RESUME_FIXED_KEYS = ("arch", "arch_kwargs", "optimizer", "time_steps")
 
 #: The quick start (README command 1, configs/quickstart.yaml): 8 epochs of a width-16 small_cnn, measured to
@@ -106,6 +109,42 @@ class BSOArgumentParser(LightningArgumentParser):
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
 
+    def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        """A bare ``--print_config`` prints the compact config (:func:`compact_config`); ``--print_config=FLAGS``
+        prints jsonargparse's."""
+        global _COMPACT_PRINT
+        if not hasattr(self, "parent_parser"):
+            args = sys.argv[1:] if args is None else list(args)
+            _COMPACT_PRINT = "--print_config" in args
+            args = ["--print_config=skip_unset" if a == "--print_config" else a for a in args]
+        return super().parse_args(args, *rest, **kwargs)
+
+    def dump(self, cfg: Any, *args: Any, **kwargs: Any) -> str:
+        text = super().dump(cfg, *args, **kwargs)
+        return compact_config(text) if _COMPACT_PRINT and kwargs.get("skip_unset") else text
+
+
+#: Set while a bare ``--print_config`` is parsed (the compact config is printed).
+_COMPACT_PRINT = False
+
+
+def compact_config(text: str) -> str:
+    """The config of a bare ``--print_config``: no unset (null) entries, and of the trainer only the arguments that
+    differ from ``lightning.pytorch.Trainer``'s own defaults (Lightning documents the other ~40). The quick start's
+    fits in 60 lines; ``--print_config=skip_unset`` prints every trainer argument."""
+    import inspect
+
+    import yaml
+    from lightning.pytorch import Trainer
+
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    config = yaml.safe_load(text)
+    if isinstance(config, dict) and isinstance(config.get("trainer"), dict):
+        defaults = {k: p.default for k, p in inspect.signature(Trainer.__init__).parameters.items()}
+        config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in defaults or v != defaults[k]}
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return "\n".join([*comments, body.rstrip("\n")]) + "\n"
+
 
 class BSOLightningCLI(LightningCLI):
     """LightningCLI with the DataModule's ``num_classes``/``in_channels`` linked into the model."""
@@ -159,6 +198,7 @@ class BSOLightningCLI(LightningCLI):
             saved = read_checkpoint(path).get("hyper_parameters")
             if isinstance(saved, Mapping):
                 check_saved_class_path(saved, path)
+                check_resumable(saved, path)  # nested class_paths loaded (nothing imported); older versions: convert
                 check_model_bounds(saved, path)  # before LightningCLI builds the model the file describes
                 check_explicit_model_arguments(getattr(self, "_given_model", None), saved, path)
         super()._parse_ckpt_path()
@@ -201,6 +241,11 @@ def given_model_arguments(parser: LightningArgumentParser, args: Any, subcommand
     return given.get(f"{subcommand}.model")
 
 
+def _as_dict(value: Any) -> Any:
+    """A parsed ``class_path``/``init_args`` Namespace as a plain dict (other values as they are)."""
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
 def check_saved_class_path(saved: Mapping[str, Any], path: Any) -> None:
     """Refuse a checkpoint whose ``_class_path`` (the model class LightningCLI rebuilds) is not a LightningModule
     already loaded in this process — without importing anything: resolving the name would import its module,
@@ -226,12 +271,15 @@ def check_explicit_model_arguments(given_model: Any, saved: Mapping[str, Any], p
     init_args = dict(getattr(given_model, "init_args", None) or {})
 
     def plain(key: str, value: Any) -> Any:
-        return dict(value or {}) if key == "arch_kwargs" else value
+        if key in ("arch_kwargs", "optimizer"):  # (the shapes; the optimizer's kind, not its hyper-parameters)
+            return architecture_view({key: _as_dict(value)}).get(key)
+        return value
 
     conflicts = [
         f"--model.init_args.{key}={plain(key, init_args[key])!r} (the checkpoint has {plain(key, saved[key])!r})"
         for key in RESUME_FIXED_KEYS
-        if key in init_args and key in saved and plain(key, init_args[key]) != plain(key, saved[key])
+        if key in init_args and key in saved and plain(key, init_args[key]) is not None
+        and plain(key, init_args[key]) != plain(key, saved[key])
     ]
     if conflicts:
         raise CheckpointError(path, f"is resumed with its own architecture and time steps, but {'; '.join(conflicts)} was given. "

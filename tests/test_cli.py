@@ -31,7 +31,7 @@ def test_no_argument_defaults_are_the_quickstart_config(capsys):
     defaults = _printed_config([], capsys)
     from_file = _printed_config(["--config", str(REPO / "configs" / "quickstart.yaml")], capsys)
     assert defaults == from_file
-    assert defaults["model"]["init_args"]["optimizer"] == "tbso"
+    assert defaults["model"]["init_args"]["optimizer"]["class_path"] == "bso_lightning.optim.TBSO"
     assert defaults["data"]["class_path"] == "datamodules.DigitsDataModule"
 
 

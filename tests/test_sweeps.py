@@ -124,10 +124,12 @@ def test_sweeps_exist_for_the_quickstart_and_cifar10():
 
 def test_arguments_render_as_equals_flags():
     sweep = _load(REPO / "sweeps" / "quickstart_tbso.yaml")
-    argv = render_command(sweep, {"model.init_args.threshold": 1e-6, "model.init_args.betas": [0.999, 0.99999],
+    argv = render_command(sweep, {"model.init_args.optimizer.init_args.threshold": 1e-6,
+                                  "model.init_args.optimizer.init_args.betas": [0.999, 0.99999],
                                   "model.init_args.time_steps": 4})
     assert argv[:5] == ["/usr/bin/env", "bso-lightning", "fit", "--config", "configs/quickstart.yaml"]
-    assert argv[-3:] == ["--model.init_args.threshold=1e-06", "--model.init_args.betas=[0.999, 0.99999]",
+    assert argv[-3:] == ["--model.init_args.optimizer.init_args.threshold=1e-06",
+                         "--model.init_args.optimizer.init_args.betas=[0.999, 0.99999]",
                          "--model.init_args.time_steps=4"]
 
 
@@ -136,8 +138,11 @@ def test_every_parameter_set_is_accepted_by_the_cli(path, params):
     cli = build_cli(args=cli_args(render_command(_load(path), params)), run=False)
     hparams = cli.model.hparams
     for name, value in params.items():
-        key = name.removeprefix("model.init_args.")
-        got = hparams[key]
+        got = hparams
+        for key in name.removeprefix("model.init_args.").split("."):  # (optimizer.init_args.threshold: nested)
+            got = got[key]
+        if isinstance(got, dict) and isinstance(value, str):  # an object given by its class
+            got = got["class_path"]
         assert (list(got) if isinstance(got, tuple) else got) == value, name
     assert any(type(cb).__name__ == "FlipRateCallback" for cb in cli.trainer.callbacks)
 

@@ -1,8 +1,9 @@
 """Rebuilding a task's model from its hyper-parameters: the one definition that the online classifier, the
 baselines and the packed export share.
 
-A task stores ``arch``, ``arch_kwargs`` and the model settings of its own (``num_classes``, ``in_channels``,
-``trace``, ``decay``, ``v_threshold``) as hyper-parameters; :meth:`ModelSpec.from_hparams` turns them into
+A task stores ``arch``, ``arch_kwargs`` (the neuron's ``decay`` and ``v_threshold`` included) and the model settings
+of its own (``num_classes``, ``in_channels``, ``trace``; checkpoints before issue 22 also hold ``decay`` and
+``v_threshold`` beside them) as hyper-parameters; :meth:`ModelSpec.from_hparams` turns them into
 the factory call ``build_model(arch, **kwargs)``, and ``weights``/``neuron`` select a baseline variant
 (:mod:`bso_lightning.models.variants`). A new model-building option is one more field here.
 """

@@ -115,6 +115,44 @@ def translate_baseline(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The object each flat setting of the old ``OnlineClassifier`` belongs to now.
+LEGACY_OWNER: dict[str, str] = {
+    **dict.fromkeys(("threshold", "beta", "betas", "eps", "eps_placement", "reset_momentum_on_flip", "fused_optimizer",
+                     "momentum_dtype"), "optimizer"),
+    **dict.fromkeys(("schedule", "schedule_interval", "schedule_every", "schedule_factor", "schedule_scale",
+                     "schedule_offset", "schedule_fraction", "schedule_final"), "schedule"),
+    **dict.fromkeys(("lr", "momentum", "weight_decay"), "fp_optimizer"),
+    **dict.fromkeys(("lr_schedule", "cosine_epochs"), "lr_scheduler"),
+    **dict.fromkeys(("step_in_backward", "saved_activation_dtype", "mse_weight", "update_mode", "nonfinite",
+                     "max_skipped_fraction"), "loop"),
+    "decay": "arch_kwargs", "v_threshold": "arch_kwargs",
+}
+
+
+def translate_settings(settings: Mapping[str, Any], optimizer: str = "tbso") -> dict[str, Any]:
+    """Only the given settings (a command's ``--set threshold=1e-6 schedule=constant``) in today's spelling: each
+    flat setting of the old constructor becomes the object it belongs to (built with it and the class defaults
+    otherwise; ``loop``: only the given fields), for the binary ``optimizer`` ``"tbso"`` or ``"bso"``. Settings
+    already in today's spelling (``trace``, ``loop``, ``schedule: bso_lightning.optim.StepSchedule``, ...) stay as
+    they are."""
+    def old(key: str, value: Any) -> bool:
+        return key in LEGACY_OWNER and not (key == "schedule" and (not isinstance(value, str) or "." in value))
+
+    flat = {k: v for k, v in settings.items() if old(k, v)}
+    out = {k: v for k, v in settings.items() if k not in flat}
+    if not flat:
+        return out
+    translated = translate_online({"optimizer": optimizer, **flat, **({"arch_kwargs": settings["arch_kwargs"]}
+                                                                     if "arch_kwargs" in settings else {})})
+    for owner in dict.fromkeys(LEGACY_OWNER[k] for k in flat):
+        if owner == "loop":
+            out["loop"] = {**dict(out.get("loop") or {}),
+                           **{k: translated["loop"][k] for k in flat if LEGACY_OWNER[k] == "loop"}}
+        elif owner in translated:
+            out[owner] = translated[owner]
+    return out
+
+
 def translate_legacy(hparams: Mapping[str, Any], baseline: bool = False) -> dict[str, Any]:
     """``hparams`` in today's spelling (unchanged when they already are)."""
     if not is_legacy(hparams, baseline):
@@ -122,7 +160,8 @@ def translate_legacy(hparams: Mapping[str, Any], baseline: bool = False) -> dict
     return translate_baseline(hparams) if baseline else translate_online(hparams)
 
 
-__all__ = ["BASELINE_LEGACY_KEYS", "ONLINE_LEGACY_KEYS", "is_legacy", "translate_baseline", "translate_legacy", "translate_online"]
+__all__ = ["BASELINE_LEGACY_KEYS", "LEGACY_OWNER", "ONLINE_LEGACY_KEYS", "is_legacy", "translate_baseline",
+           "translate_legacy", "translate_online", "translate_settings"]
 
 
 def check_resumable(saved: Mapping[str, Any], path: Any) -> None:
