@@ -27,6 +27,8 @@ training-step paths use the fused BSO/T-BSO step too.
     python benchmarks/step_throughput.py --threads 1 --profile     # + torch.profiler tables
     python benchmarks/step_throughput.py --threads 1 --optimizer-only --compare-with 84d843e   # the step alone,
         # every momentum dtype, beside the eager step of an earlier commit (its optim/functional.py, loaded from git)
+    python benchmarks/step_throughput.py --threads 1 --optimizer-only --fused --compare-with 6eb8128   # + both
+        # compiled steps (fused=True, dense) side by side
     python benchmarks/step_throughput.py --quick         # smoke test
 """
 
@@ -252,12 +254,15 @@ def _functional_from_git(rev: str):
     source = subprocess.run(["git", "show", f"{rev}:bso_lightning/optim/functional.py"], cwd=_common.ROOT,
                             capture_output=True, text=True, check=True).stdout
     module = types.ModuleType(f"functional_{rev}")
+    sys.modules[module.__name__] = module  # (torch.compile imports the module of the function it compiles)
     exec(compile(source, f"{rev}:bso_lightning/optim/functional.py", "exec"), module.__dict__)
     return module
 
 
-def _functional_step(module, weights, grads, kind: str, packed: bool, momentum_dtype: torch.dtype):
-    """A closure running ``module.bso`` / ``module.tbso`` eagerly on its own copy of the weights and state."""
+def _functional_step(module, weights, grads, kind: str, packed: bool, momentum_dtype: torch.dtype,
+                     fused: bool = False):
+    """A closure running ``module.bso`` / ``module.tbso`` (eagerly, or compiled if ``fused``) on its own copy of the
+    weights and state."""
     from bso_lightning.optim.functional import NOISE_WIDTH
 
     params = [PackedBinaryParameter.from_signs(w.detach()) if packed else w.detach().clone() for w in weights]
@@ -269,13 +274,14 @@ def _functional_step(module, weights, grads, kind: str, packed: bool, momentum_d
     vs = [torch.zeros(1) for _ in weights]
     if kind == "bso":
         return lambda: module.bso(params, grads, momenta, *counters, beta=0.999, threshold=5e-7, rounding_noise=noises,
-                                  fused=False)
+                                  fused=fused)
     return lambda: module.tbso(params, grads, momenta, vs, *counters, time_step=0, betas=(0.999, 0.99999),
-                               threshold=5e-7, eps=1e-10, rounding_noise=noises, fused=False)
+                               threshold=5e-7, eps=1e-10, rounding_noise=noises, fused=fused)
 
 
-def compare_with(rev: str, arch: str, reps: int, warmup: int, width: Optional[int]):
-    """The eager step of commit ``rev`` and today's, on the same tensors, interleaved (same machine state)."""
+def compare_with(rev: str, arch: str, reps: int, warmup: int, width: Optional[int], fused: bool = False):
+    """The eager step of commit ``rev`` and today's, on the same tensors, interleaved (same machine state); with
+    ``fused``, also both compiled steps (dense BSO/T-BSO: an old compiled packed step would run today's bit packer)."""
     from bso_lightning.optim import functional
 
     before = _functional_from_git(rev)
@@ -289,6 +295,12 @@ def compare_with(rev: str, arch: str, reps: int, warmup: int, width: Optional[in
                                        ("tbso", True, torch.bfloat16, "T-BSO (packed, bf16 momentum)")):
         fns[f"{label} @ {rev}"] = _functional_step(before, weights, grads, kind, packed, dtype)
         fns[f"{label} now"] = _functional_step(functional, weights, grads, kind, packed, dtype)
+    for kind, label in (("bso", "BSO (fused=True)"), ("tbso", "T-BSO (fused=True)")) if fused else ():
+        for key, module in ((f"{label} @ {rev}", before), (f"{label} now", functional)):
+            fns[key] = _functional_step(module, weights, grads, kind, False, torch.float32, fused=True)
+            start = time.perf_counter()
+            fns[key]()  # compiles
+            print(f"{key}: first step (torch.compile) {time.perf_counter() - start:.0f} s", flush=True)
     return interleaved(fns, reps, warmup)
 
 
@@ -366,7 +378,7 @@ def weighted_layer_times(arch: str, batch: int, image: int, width: Optional[int]
 
 
 def optimizer_only(args, info: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer step alone (and, with ``--compare-with``, the eager step of an earlier commit beside today's)."""
+    """The optimizer step alone (and, with ``--compare-with``, the step of an earlier commit beside today's)."""
     from bso_lightning.optim import functional
 
     opt_cpu, opt_wall = optimizer_step_times(args.arch, args.opt_reps, max(2, args.warmup), args.width,
@@ -382,7 +394,8 @@ def optimizer_only(args, info: dict[str, Any]) -> dict[str, Any]:
     data = {"machine": info, "setting": vars(args) | {"out": str(args.out)}, "optimizer_cpu_seconds": opt_cpu,
             "optimizer_wall_seconds": opt_wall, "optimizer_ratio_to_sgd": ratios}
     if args.compare_with:
-        cpu, wall = compare_with(args.compare_with, args.arch, args.opt_reps, max(2, args.warmup), args.width)
+        cpu, wall = compare_with(args.compare_with, args.arch, args.opt_reps, max(2, args.warmup), args.width,
+                                 fused=args.fused)
         rows = []
         for key in cpu:
             if key.endswith(" now"):
@@ -391,8 +404,8 @@ def optimizer_only(args, info: dict[str, Any]) -> dict[str, Any]:
                 rows.append([label, f"{statistics.median(cpu[before]) * 1e3:,.2f}",
                              f"{statistics.median(cpu[key]) * 1e3:,.2f}", f"{paired_ratio(cpu, key, before):.2f}×",
                              f"{statistics.median(wall[before]) * 1e3:,.2f} → {statistics.median(wall[key]) * 1e3:,.2f}"])
-        parts += ["", f"Eager step of commit {args.compare_with} (its `optim/functional.py`, loaded from git) and "
-                  "today's, same tensors, interleaved:", "",
+        parts += ["", f"Step of commit {args.compare_with} (its `optim/functional.py`, loaded from git) and "
+                  f"today's, eager{' and compiled (fused=True)' if args.fused else ''}, same tensors, interleaved:", "",
                   markdown_table(["step", f"CPU ms @ {args.compare_with}", "CPU ms now", "now ÷ before (paired, CPU)",
                                   "wall ms before → now"], rows)]
         data |= {"compare_with": args.compare_with, "compare_cpu_seconds": cpu, "compare_wall_seconds": wall}
@@ -432,7 +445,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--optimizer-only", action="store_true",
                         help="only the optimizer step alone (every momentum dtype); results: step_throughput_optimizer")
     parser.add_argument("--compare-with", metavar="REV", default=None,
-                        help="with --optimizer-only: also time the eager step of git commit REV on the same tensors")
+                        help="with --optimizer-only: also time the eager step of git commit REV on the same tensors "
+                             "(with --fused: its compiled dense step too)")
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     _common.apply_threads(args)

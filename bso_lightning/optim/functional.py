@@ -251,7 +251,7 @@ def _step_tensor_(w: Tensor, shape: torch.Size | None, g: Tensor, m: Tensor, sca
                   in_place: bool) -> None:
     """BSO (Eq. 11–12; ``adaptive`` None) or T-BSO (Eq. 13–14) on one binary tensor W (dense, or packed bits of
     logical ``shape``), in place, ``chunk`` entries at a time (None: whole) — the one definition of the update.
-    W, G and M come flattened (a dense W that is not contiguous: as it is, updated through a contiguous copy).
+    (A dense W that is not contiguous is updated through a contiguous copy.)
 
     A tensor whose gradient is not finite is left as it was (the momentum's weight becomes 0, the limit ∞) and
     counted in ``nonfinite_steps``.
@@ -339,6 +339,13 @@ RECOMPILE_LIMIT = 64
 _compiled: dict[str, Callable[..., None]] = {}
 
 
+def _flat(weights: list[Tensor]) -> list[Tensor]:
+    """The weights flattened (a dense one that is not contiguous: as it is). Given flat tensors, the compiled step
+    runs one loop per tensor: on 4-d tensors inductor (CPU) mis-fused a bfloat16 gradient's momentum update with
+    the flat reads that followed it (wrong flips)."""
+    return [w.view(-1) if w.is_contiguous() else w for w in weights]
+
+
 def _compiled_fn(name: str) -> Callable[..., None]:
     """``torch.compile`` of :func:`_bso_tensors` / :func:`_tbso_tensors` (whole tensors; the buffers become the
     compiler's temporaries), built on first use (takes seconds)."""
@@ -353,10 +360,11 @@ def _compiled_fn(name: str) -> Callable[..., None]:
         # (LoweringException in aten.reshape): compiled for fixed shapes, one variant per set of tensor sizes
         compiled_static = torch.compile(static_shapes, dynamic=False)
 
-        def call(*args: object) -> None:
-            int8 = any(scale is not None for scale in args[4])  # (args[4]: the momentum scales)
+        def call(ws: list[Tensor], shapes: list, gs: list[Tensor], ms: list[Tensor], *args: object) -> None:
+            int8 = any(scale is not None for scale in args[0])  # (args[0]: the momentum scales)
+            flat = _flat(ws), shapes, [g.reshape(-1) for g in gs], [m.view(-1) for m in ms]
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                (compiled_static if int8 else compiled)(*args)
+                (compiled_static if int8 else compiled)(*flat, *args)
 
         _compiled[name] = call
     return _compiled[name]
@@ -365,12 +373,11 @@ def _compiled_fn(name: str) -> Callable[..., None]:
 # --------------------------------------------------------------------------- the functional API
 
 def _storage(weights: Sequence[Tensor]) -> tuple[list[Tensor], list[torch.Size | None]]:
-    """Flat tensors to update in place (packed: the bits; a dense weight that is not contiguous: as it is) and the
-    logical shapes (None when dense). (Flat: the compiled step then runs one loop per tensor.)"""
+    """Plain tensors to update in place (packed: the bits) and the logical shapes (None when dense)."""
     data, shapes = [], []
     for w in weights:
         packed = isinstance(w, PackedBinaryParameter)
-        data.append(w.data if packed else w.view(-1) if w.is_contiguous() else w)
+        data.append(w.data if packed else w)
         shapes.append(w.logical_shape if packed else None)
     return data, shapes
 
@@ -411,13 +418,13 @@ def _prepared(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Seque
               rounding_noise: Sequence[Tensor | None] | None, momentum_scales: Sequence[Tensor | None] | None,
               fused: bool) -> tuple[list[Tensor], list[torch.Size | None], list[Tensor], list[Tensor],
                                     list[Tensor | None], list[Tensor | None]]:
-    """Weights (:func:`_storage`), logical shapes, flat gradients and momenta, int8 scales (checked) and rounding
-    noise of one call, for either path."""
+    """Weights (:func:`_storage`), logical shapes, gradients, momenta, int8 scales (checked) and rounding noise of
+    one call, for either path."""
     data, shapes = _storage(weights)
     scales = _per_tensor(momentum_scales, len(data), "momentum_scales")
     _check_int8(momenta, scales)
     noises = _noises_for(_per_tensor(rounding_noise, len(data), "rounding_noise"), grads, fused)
-    return data, shapes, [g.reshape(-1) for g in grads], [m.view(-1) for m in momenta], scales, noises
+    return data, shapes, list(grads), list(momenta), scales, noises
 
 
 def _implementation(name: str, fused: bool, device: torch.device) -> Callable[..., None]:
@@ -435,10 +442,10 @@ def bso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[Te
     if not weights:
         return
     device = grads[0].device
-    data, shapes, flat_grads, flat_momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
-                                                                       momentum_scales, fused)
+    data, shapes, grads, momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
+                                                             momentum_scales, fused)
     _implementation("bso", fused, device)(
-        data, shapes, flat_grads, flat_momenta, scales, list(last_flips), list(nonfinite_steps), noises,
+        data, shapes, grads, momenta, scales, list(last_flips), list(nonfinite_steps), noises,
         _scalar(1.0 - beta, device), _scalar(threshold, device), bool(reset_momentum_on_flip))
 
 
@@ -455,10 +462,10 @@ def tbso(weights: Sequence[Tensor], grads: Sequence[Tensor], momenta: Sequence[T
     if eps_placement not in EPS_PLACEMENTS:
         raise ValueError(f"eps_placement must be one of {EPS_PLACEMENTS}, got {eps_placement!r}")
     device = grads[0].device
-    data, shapes, flat_grads, flat_momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
-                                                                       momentum_scales, fused)
+    data, shapes, grads, momenta, scales, noises = _prepared(weights, grads, momenta, rounding_noise,
+                                                             momentum_scales, fused)
     _implementation("tbso", fused, device)(
-        data, shapes, flat_grads, flat_momenta, scales, list(vs),
+        data, shapes, grads, momenta, scales, list(vs),
         torch.full((1,), time_step, dtype=torch.int64, device=device), list(last_flips), list(nonfinite_steps),
         noises, _scalar(1.0 - betas[0], device), _scalar(betas[1], device), _scalar(1.0 - betas[1], device),
         _scalar(threshold, device), _scalar(eps, device), eps_placement == "outside")
