@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import importlib.util
 from pathlib import Path
-from types import ModuleType
+from functools import partial
 from types import ModuleType
 from typing import Any, Optional
 
@@ -19,6 +19,7 @@ import lightning as L
 import pytest
 from hypothesis import HealthCheck, settings
 
+from bso_lightning.optim import CosineAnnealingToZero, StepSchedule
 from bso_lightning.tasks import OnlineClassifier
 from bso_lightning.tasks.base import TimeSteppedClassifier
 from bso_lightning.trainers import quiet_trainer
@@ -44,12 +45,20 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+#: What the task tests (tests/tasks) add to TINY_TASK: a 2-epoch cosine, so a trainer without max_epochs works.
+TASK_TESTS: dict[str, Any] = {"lr_scheduler": partial(CosineAnnealingToZero, epochs=2)}
+#: What the reliability tests add: γ/β ×0.5 every epoch, dense weights (the cases edit and name ``model.3.weight``;
+#: packed storage: tests/tasks/test_weight_storage.py, tests/nn/test_packed.py).
+RELIABILITY_TESTS: dict[str, Any] = {"schedule": partial(StepSchedule, every=1, factor=0.5), "weight_storage": "dense"}
+
+
 def make_task(cls: type[TimeSteppedClassifier] = OnlineClassifier, seed: Optional[int] = None,
-              **kwargs: Any) -> TimeSteppedClassifier:
-    """``cls(**TINY_TASK, **kwargs)``; with ``seed``, ``L.seed_everything(seed)`` first (the initial weights)."""
+              preset: Optional[dict[str, Any]] = None, **kwargs: Any) -> TimeSteppedClassifier:
+    """The one task factory of the tests: ``cls(**TINY_TASK, **preset, **kwargs)``; with ``seed``,
+    ``L.seed_everything(seed)`` first (the initial weights). ``preset``: :data:`TASK_TESTS`, :data:`RELIABILITY_TESTS`."""
     if seed is not None:
         L.seed_everything(seed)
-    return cls(**{**TINY_TASK, **kwargs})
+    return cls(**{**TINY_TASK, **(preset or {}), **kwargs})
 
 
 def make_trainer(root: Path, **kwargs: Any) -> L.Trainer:

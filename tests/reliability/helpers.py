@@ -14,7 +14,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from bso_lightning.optim import StepSchedule
 from bso_lightning.tasks import OnlineClassifier
 from bso_lightning.tasks.base import TimeSteppedClassifier
 from tests import conftest
@@ -25,11 +24,8 @@ EPOCHS = 2
 BATCHES = 4  # training batches per epoch (limit_train_batches)
 
 
-def make_task(seed: int = 0, **kwargs: Any) -> OnlineClassifier:
-    """The tiny task of ``tests.conftest`` with a step schedule (×0.5 every epoch), dense weights: the reliability
-    cases edit and name ``model.3.weight`` (packed storage: tests/tasks/test_weight_storage.py, tests/nn/test_packed.py)."""
-    return conftest.make_task(seed=seed, **{"schedule": partial(StepSchedule, every=1, factor=0.5),
-                                            "weight_storage": "dense", **kwargs})
+#: ``tests.conftest.make_task`` (seed 0) with the ``RELIABILITY_TESTS`` preset: a step schedule, dense weights.
+make_task = partial(conftest.make_task, seed=0, preset=conftest.RELIABILITY_TESTS)
 
 
 def make_baseline(cls: type[TimeSteppedClassifier], seed: int = 0, **kwargs: Any) -> TimeSteppedClassifier:
