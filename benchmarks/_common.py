@@ -43,28 +43,34 @@ def cosine_over(epochs: int) -> dict[str, Any]:
 BINARY_OPTIMIZERS = {"bso": "bso_lightning.optim.BSO", "tbso": "bso_lightning.optim.TBSO"}
 
 
+def parse_key_values(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value read as YAML (``1e-3`` as a float, which YAML 1.1 reads as a string)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key] = parsed
+    return out
+
+
 def parse_settings(items: Sequence[str], optimizer: str = "tbso") -> dict[str, Any]:
     """``--set KEY=VALUE`` items (values read as YAML) as classifier arguments: a key is an argument
     (``trace=ndot``, ``schedule=bso_lightning.optim.ConstantSchedule``, ``loop={mse_weight: 0.1}``) or a dotted path
     into one (``optimizer.threshold=1e-6``, ``optimizer.init_args.threshold=1e-6``, ``loop.mse_weight=0.1``,
     ``arch_kwargs.width=8``); the flat names of the versions before issue 22 (``threshold=1e-6``,
     ``schedule=constant``, ``momentum_dtype=int8``) are translated (``bso_lightning.tasks.legacy``)."""
-    import yaml
-
     from bso_lightning.tasks.legacy import translate_settings
 
-    flat: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        flat[key] = parsed
+    flat = parse_key_values(items)
     nested: dict[str, Any] = {}
     for key, value in translate_settings({k: v for k, v in flat.items() if "." not in k}, optimizer).items():
         nested = merge_arguments(nested, {key: value})

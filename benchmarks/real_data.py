@@ -195,24 +195,6 @@ def read_log(paths: list[Path]) -> list[dict[str, Any]]:
     return cells
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key] = parsed
-    return out
-
-
 def summarise(cells: list[dict[str, Any]], rows: list[str], methods: list[str]) -> tuple[str, list[str], dict]:
     """The matrix table (one line per row and method), the per-row verdicts and the numbers behind them."""
     lines, verdicts, summary = [], [], {}
@@ -330,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     _common.add_output_args(parser)
     args = parser.parse_args(argv)
     args.set_items = list(args.overrides)
-    args.overrides = parse_overrides(args.overrides)
+    args.overrides = _common.parse_key_values(args.overrides)
     for method in ("bso", "tbso"):  # fail before any run if a setting is not understood
         _common.parse_settings(args.set_items, method)
     if args.threads is None:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from real_data import make_datamodule, parse_overrides  # noqa: E402  (the matrix's data, one row)
+from real_data import make_datamodule  # noqa: E402  (the matrix's data, one row)
 
 
 def binary_layer_names(task) -> list[str]:
@@ -316,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     _common.quiet_lightning()
     L.seed_everything(args.seed, verbose=False)
-    overrides = parse_overrides(args.overrides)  # (as logged, with the two settings below)
+    overrides = _common.parse_key_values(args.overrides)  # (as logged, with the two settings below)
     overrides.setdefault("step_in_backward", False)
     overrides.setdefault("weight_storage", "dense")
     arguments = _common.merge_arguments(

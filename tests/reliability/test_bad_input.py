@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from functools import partial
 from pathlib import Path
 
@@ -147,13 +149,11 @@ def test_model_without_binary_parameters(workdir, monkeypatch):
 
 
 @pytest.fixture
-def checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of the tiny model (width 8), written outside the working directory."""
-    root = tmp_path_factory.mktemp("ckpt")
-    trainer = make_trainer(root, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
-    trainer.fit(make_task(), datamodule=digits())
-    trainer.save_checkpoint(root / "tiny.ckpt")
-    return root / "tiny.ckpt"
+def checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A copy of the session's tiny checkpoint (``tiny_checkpoint``) outside the working directory: tests may damage it."""
+    copy = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    shutil.copyfile(tiny_checkpoint, copy)
+    return copy
 
 
 @pytest.mark.parametrize("kwargs, mismatch", [
