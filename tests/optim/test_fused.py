@@ -148,11 +148,6 @@ def test_fused_updates_trace_to_one_graph_without_breaks(packed, momentum_dtype)
         assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
 
 
-def test_fused_must_be_a_bool():
-    with pytest.raises(TypeError, match="fused must be a bool"):
-        BSO(_params(), fused="yes")
-
-
 def test_online_classifier_switch_trains_with_the_fused_step():
     from functools import partial
 

@@ -125,8 +125,3 @@ def test_auto_falls_back_to_eager_when_the_compiled_step_cannot_be_built(cpu_as_
     explicit = TBSO(_params(), threshold=0.01, fused=True)  # an explicit fused=True reports the failure
     with pytest.raises(InductorError):
         _run(explicit, explicit.binary_parameters(), steps=1)
-
-
-def test_fused_must_be_a_bool_or_none():
-    with pytest.raises(TypeError, match=r"fused must be a bool or None \(auto\), got 'auto'"):
-        TBSO(_params(), fused="auto")

@@ -12,12 +12,16 @@ from bso_lightning.nn.routing import split_parameters
 from bso_lightning.optim import BSO, TBSO
 
 
-def _run(cls, storage, in_backward, data, live_log=None):
+def _run(cls, storage, mode, data, live_log=None):
+    """Train on ``data`` (T = 2); ``mode``: ``step`` (backward, then ``step()``), ``hooks`` (``step_in_backward(True)``:
+    each tensor steps inside the backward, ``step()`` after it only reports) or ``context`` (the backward inside
+    ``stepping_in_backward(t)``, no ``step()`` call). Returns the flip counts of every step, the final signs and the
+    optimizer."""
     torch.manual_seed(0)
     model = set_weight_storage_(build_model("small_cnn", num_classes=10, in_channels=1, width=8), storage)
     split = split_parameters(model)
     opt, sgd = cls(split.binary, threshold=1e-7), torch.optim.SGD(split.full_precision, lr=0.05)
-    opt.step_in_backward(in_backward)
+    opt.step_in_backward(mode == "hooks")
     if live_log is not None:  # registered after the optimizer's hooks: sees the state right after each step
         def record(p):
             live_log.append(sum(binary_grad(q) is not None for q in split.binary))
@@ -27,17 +31,24 @@ def _run(cls, storage, in_backward, data, live_log=None):
     for x, y in data:
         functional.reset_net(model)
         for t in range(2):
-            opt.set_backward_time_step(t)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            if in_backward:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if mode == "context":
+                with opt.stepping_in_backward(time_step=t):
+                    loss.backward()
+                assert not opt.steps_in_backward
+            else:
+                opt.set_backward_time_step(t)
+                loss.backward()
+            if mode != "step":
                 assert all(binary_grad(p) is None for p in split.binary)  # stepped and freed inside the backward
-            opt.step(time_step=t)
+            if mode != "context":
+                opt.step(time_step=t)
             sgd.step()
             opt.zero_grad()
             sgd.zero_grad()
             flips.append(opt.flip_counts().clone())
     weights = [p.signs() if storage == "packed" else p.detach().clone() for p in split.binary]
-    return torch.stack(flips), weights
+    return torch.stack(flips), weights, opt
 
 
 @pytest.mark.parametrize("storage", ["dense", "packed"])
@@ -45,9 +56,9 @@ def _run(cls, storage, in_backward, data, live_log=None):
 def test_stepping_in_the_backward_flips_what_the_ordinary_step_flips(cls, storage):
     gen = torch.Generator().manual_seed(1)
     data = [(torch.rand(8, 1, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(6)]
-    ref_flips, ref_weights = _run(cls, "dense", False, data)
+    ref_flips, ref_weights, _ = _run(cls, "dense", "step", data)
     live = []
-    flips, weights = _run(cls, storage, True, data, live_log=live)
+    flips, weights, _ = _run(cls, storage, "hooks", data, live_log=live)
     assert ref_flips.sum() > 0
     assert torch.equal(flips, ref_flips)  # flip_counts() after step() report the in-backward steps
     assert all(torch.equal(a, b) for a, b in zip(ref_weights, weights))
@@ -69,24 +80,9 @@ def test_switching_it_off_removes_the_hooks():
 def test_the_context_manager_steps_inside_one_backward_without_a_step_call(storage):
     gen = torch.Generator().manual_seed(2)
     data = [(torch.rand(8, 1, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(4)]
-    ref_flips, ref_weights = _run(TBSO, "dense", False, data)
-    torch.manual_seed(0)
-    model = set_weight_storage_(build_model("small_cnn", num_classes=10, in_channels=1, width=8), storage)
-    split = split_parameters(model)
-    opt, sgd = TBSO(split.binary, threshold=1e-7), torch.optim.SGD(split.full_precision, lr=0.05)
-    flips = []
-    for x, y in data:
-        functional.reset_net(model)
-        for t in range(2):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            with opt.stepping_in_backward(time_step=t):
-                loss.backward()
-            assert all(binary_grad(p) is None for p in split.binary) and not opt.steps_in_backward
-            sgd.step()
-            sgd.zero_grad()
-            flips.append(opt.flip_counts().clone())
-    assert torch.equal(torch.stack(flips), ref_flips)
-    weights = [p.signs() if storage == "packed" else p.detach().clone() for p in split.binary]
+    ref_flips, ref_weights, _ = _run(TBSO, "dense", "step", data)
+    flips, weights, opt = _run(TBSO, storage, "context", data)
+    assert torch.equal(flips, ref_flips)
     assert all(torch.equal(a, b) for a, b in zip(ref_weights, weights))
     with pytest.raises(ValueError, match="time_step must be an int >= 0"):
         with opt.stepping_in_backward(time_step=-1):

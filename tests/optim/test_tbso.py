@@ -1,6 +1,7 @@
-"""T-BSO (Eq. 13-14) on hand-computed gradient sequences, per-time-step v, state and accounting."""
+"""T-BSO (Eq. 13-14) on hand-computed gradient sequences, per-time-step v, flip thresholds, a BSO checkpoint
+continued, and the checks of T-BSO's own arguments (betas, eps, time steps). What T-BSO shares with BSO (state,
+checkpoints, skips, groups, the shared argument checks) is tested over both in test_binary_optimizers.py."""
 
-import io
 import math
 
 import pytest
@@ -68,6 +69,22 @@ def test_v_is_one_float32_scalar_per_time_step_and_grows(fused):
     assert v.tolist() == [pytest.approx(0.5 * 0.875 + 2.0)] + [2.0] * 5
 
 
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("placement, flips", [("inside", False), ("outside", True)])
+def test_eps_inside_or_outside_the_square_root(placement, flips, fused):
+    """γ = 1, β1 = β2 = 0.5, ε = 0.25; G = [1.125, 0, ...] over 8 entries: M[0] = 0.5625, mean(G²) = 0.158203125,
+    v[0] = 0.0791015625 = 0.28125². Inside (the paper): sqrt(v + ε) = 0.5737 > M[0], no flip; outside (the
+    authors' code): sqrt(v) + ε = 0.53125 < M[0], flip."""
+    w = _param([1.0, -1.0] * 4)
+    opt = TBSO([w], threshold=1.0, betas=(0.5, 0.5), eps=0.25, eps_placement=placement, fused=fused)
+    _step(opt, w, [1.125] + [0.0] * 7, t=0)
+    assert opt.state[w]["v"].tolist() == [0.0791015625]
+    expected = 0.53125 if placement == "outside" else pytest.approx(math.sqrt(0.3291015625))
+    assert opt.flip_thresholds(0).tolist() == [expected]
+    assert w.tolist() == [-1.0 if flips else 1.0] + [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+    assert opt.flip_counts().tolist() == [int(flips)]
+
 def test_flip_thresholds_for_unseen_time_steps_and_params():
     a, b = _param([1.0]), _param([1.0])
     opt = TBSO([a, b], threshold=2.0, eps=0.25)
@@ -77,83 +94,6 @@ def test_flip_thresholds_for_unseen_time_steps_and_params():
     assert opt.flip_thresholds(0)[1].item() == 1.0
     assert opt.flip_thresholds(0)[0].item() > 1.0
     assert opt.flip_thresholds(5).tolist() == [1.0, 1.0]
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
-def test_nonfinite_gradient_skips_only_that_tensor(fused):
-    good, bad = _param([1.0, -1.0]), _param([1.0, -1.0])
-    opt = TBSO([good, bad], threshold=0.1, betas=(0.5, 0.5), fused=fused)
-    good.grad, bad.grad = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])
-    opt.step(time_step=0)
-    momentum_before = opt.state[bad]["momentum"].clone()
-    v_before = opt.state[bad]["v"].clone()
-    weight_before = bad.detach().clone()
-
-    good.grad, bad.grad = torch.tensor([1.0, 1.0]), torch.tensor([float("inf"), 1.0])
-    opt.step(time_step=0)
-    assert torch.equal(bad, weight_before)
-    assert torch.equal(opt.state[bad]["momentum"], momentum_before)
-    assert torch.equal(opt.state[bad]["v"], v_before)
-    assert torch.isfinite(opt.state[bad]["v"]).all()
-    assert opt.nonfinite_counts().tolist() == [0, 1]
-    assert opt.state[good]["momentum"].tolist() == [0.75, 0.75]  # 0.5 * 0.5 + 0.5 * 1
-    assert opt.state[good]["v"].tolist() == [0.75]
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
-def test_overflowing_mean_square_is_skipped_not_stored(fused):
-    w = _param([1.0, -1.0])
-    opt = TBSO([w], threshold=0.0, fused=fused)
-    w.grad = torch.tensor([3e38, -3e38])  # finite, but G^2 overflows float32
-    opt.step(time_step=0)
-    assert torch.isfinite(opt.state[w]["v"]).all()
-    assert opt.nonfinite_counts().tolist() == [1]
-    assert w.tolist() == [1.0, -1.0]
-
-
-@pytest.mark.parametrize("serialize", [False, True])
-def test_state_dict_round_trip_with_grown_v(serialize):
-    gen = torch.Generator().manual_seed(1)
-    w = torch.nn.Parameter(torch.randint(0, 2, (3, 7), generator=gen, dtype=torch.float32) * 2 - 1)
-    opt = TBSO([w], threshold=0.5, betas=(0.9, 0.99))
-    for _ in range(4):  # T = 1 phase: v has one entry in the checkpoint
-        w.grad = torch.randn(3, 7, generator=gen)
-        opt.step(time_step=0)
-
-    state = opt.state_dict()
-    if serialize:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        buffer.seek(0)
-        state = torch.load(buffer, weights_only=True)
-    w2 = torch.nn.Parameter(w.detach().clone())
-    opt2 = TBSO([w2])
-    opt2.load_state_dict(state)
-    assert opt2.param_groups[0]["betas"] == (0.9, 0.99)
-    assert opt2.state[w2]["v"].shape == (1,)
-
-    for step in range(12):  # T = 4 afterwards: v grows in both
-        grad = torch.randn(3, 7, generator=gen)
-        w.grad, w2.grad = grad.clone(), grad.clone()
-        opt.step(time_step=step % 4)
-        opt2.step(time_step=step % 4)
-        assert torch.equal(w, w2)
-        for key in ("momentum", "v", "last_flips", "nonfinite_steps"):
-            assert torch.equal(opt.state[w][key], opt2.state[w2][key]), key
-    assert opt2.state[w2]["v"].shape == (4,)
-    assert torch.equal(opt.flip_thresholds(2), opt2.flip_thresholds(2))
-
-
-def test_low_precision_weights_round_trip_keeps_state_dtypes():
-    w = _param([1.0, -1.0, 1.0], dtype=torch.float16)
-    opt = TBSO([w], threshold=0.0, betas=(0.5, 0.5))
-    _step(opt, w, [1 / 3, -1 / 3, -1.0], t=2)
-    assert opt.state[w]["momentum"].dtype == torch.float32
-    w2 = _param(w.tolist(), dtype=torch.float16)
-    opt2 = TBSO([w2])
-    opt2.load_state_dict(opt.state_dict())
-    for key, value in opt.state[w].items():
-        assert opt2.state[w2][key].dtype == value.dtype and torch.equal(opt2.state[w2][key], value)
 
 
 def test_bso_checkpoint_continues_in_tbso():
@@ -171,3 +111,33 @@ def test_bso_checkpoint_continues_in_tbso():
     _step(tbso, w, [1.0, 1.0], t=2)
     assert tbso.state[w]["momentum"].tolist() == [0.75, 0.75]
     assert tbso.state[w]["v"].tolist() == [0.0, 0.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(betas=(0.5, 1.5)), r"betas\[1\] must be in \[0, 1\)"),
+        (dict(betas=(0.5,)), r"betas must be a pair"),
+        (dict(eps=0.0), r"eps must be a finite number > 0, got 0\.0"),
+        (dict(eps=-1.0), r"eps must be a finite number > 0"),
+        (dict(eps_placement="middle"), r"eps_placement must be one of \('inside', 'outside'\), got 'middle'"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TBSO([_param([1.0, 1.0, 1.0])], **kwargs)
+
+
+def test_eps_set_in_param_groups_is_checked_at_step():
+    w = _param([1.0, 1.0])
+    w.grad = torch.ones(2)
+    opt = TBSO([w])
+    opt.param_groups[0]["eps"] = 0.0
+    with pytest.raises(ValueError, match="eps must be"):
+        opt.step(time_step=0)
+
+
+@pytest.mark.parametrize("time_step", [-1, 1.0, "0", True])
+def test_flip_thresholds_refuse_a_bad_time_step(time_step):
+    with pytest.raises(ValueError, match="time_step must be an int >= 0"):
+        TBSO([_param([1.0, 1.0])]).flip_thresholds(time_step)
