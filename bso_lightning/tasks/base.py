@@ -223,7 +223,7 @@ class TimeSteppedClassifier(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, after checking a local file's hyper-parameters (with the ``kwargs``
-        that override them) against the size bounds (:func:`~bso_lightning.tasks.faults.check_model_bounds`):
+        that override them) against the size bounds (:func:`~bso_lightning.checkpoints.check_model_bounds`):
         a file cannot make it build a model of any size."""
         import inspect
         import os

@@ -14,8 +14,7 @@ Per epoch: :func:`report_skipped_batches` (one summary of the dropped batches; a
 of them or more than ``max_skipped_fraction``); :class:`EvaluationInputs` (NaN/Inf inputs of a validation/test
 run). The trained state itself: :mod:`bso_lightning.tasks.state_guard`.
 
-Checkpoints (reading, compatibility, size bounds) live in :mod:`bso_lightning.checkpoints`; the names
-imported from here before they moved are re-exported below.
+Checkpoints (reading, compatibility, size bounds) live in :mod:`bso_lightning.checkpoints`.
 """
 
 from __future__ import annotations
@@ -27,11 +26,6 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bso_lightning.checkpoints import (  # noqa: F401 - re-exported: moved to bso_lightning.checkpoints
-    ARCHITECTURE_KEYS, MAX_FACTORY_INT, MAX_MODEL_VALUES, SPECIAL_CKPT_PATHS, TRUST_HINT, CheckpointError,
-    check_binary_weights, check_checkpoint, check_ckpt_path, check_compatible, check_model_bounds,
-    check_same_time_steps, check_state_dict_fits, count_model_values, read_checkpoint,
-)
 from bso_lightning.nn.packed import binary_grad, is_packed
 
 

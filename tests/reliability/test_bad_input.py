@@ -13,7 +13,7 @@ import torch
 from bso_lightning.cli import build_cli
 from bso_lightning.models import ARCHITECTURES
 from bso_lightning.optim import BSO, TBSO, CosineAnnealingToZero, FullPrecisionSGD
-from bso_lightning.tasks.faults import CheckpointError
+from bso_lightning.checkpoints import CheckpointError
 from datamodules import DataFileError, DatasetNotFoundError
 from tests.reliability.helpers import digits, make_task, make_trainer
 

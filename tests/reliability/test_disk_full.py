@@ -12,7 +12,7 @@ import torch
 from bso_lightning import checkpoint_io
 from bso_lightning.checkpoint_io import AtomicCheckpointIO
 from bso_lightning.cli import build_cli, main
-from bso_lightning.tasks.faults import check_checkpoint
+from bso_lightning.checkpoints import check_checkpoint
 from tests.reliability.helpers import cli_args, digits, make_task, make_trainer
 
 

@@ -19,7 +19,7 @@ from bso_lightning.callbacks.checkpoint_on_signal import CheckpointOnInterrupt
 from bso_lightning.cli import build_cli
 from bso_lightning.optim import CosineAnnealingToZero
 from bso_lightning.tasks import BPTTLatentClassifier, OTTTClassifier
-from bso_lightning.tasks.faults import check_checkpoint
+from bso_lightning.checkpoints import check_checkpoint
 from datamodules import DigitsDataModule
 from datamodules.sampling import EpochSeededSampler, ResumableDataLoader
 from tests.reliability.helpers import (

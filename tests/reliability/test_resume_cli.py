@@ -12,7 +12,7 @@ import torch
 from bso_lightning.cli import build_cli, main, root_cause
 from bso_lightning.export import export_checkpoint
 from bso_lightning.tasks import OnlineClassifier
-from bso_lightning.tasks.faults import MAX_MODEL_VALUES, CheckpointError
+from bso_lightning.checkpoints import MAX_MODEL_VALUES, CheckpointError
 from tests.reliability.helpers import digits, make_task, make_trainer
 from tests.reliability.test_bad_input import TINY
 

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bso_lightning.optim import FullPrecisionSGD
-from bso_lightning.tasks.faults import CheckpointError, NonFiniteError, NonFiniteWarning
+from bso_lightning.checkpoints import CheckpointError
+from bso_lightning.tasks.faults import NonFiniteError, NonFiniteWarning
 from bso_lightning.tasks.loop import OnlineLoop
 from bso_lightning.tasks.state_guard import NonFiniteStateError, StateGuard, guarded_tensors
 from datamodules import DigitsDataModule
