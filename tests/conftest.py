@@ -15,6 +15,14 @@ from functools import partial
 from types import ModuleType
 from typing import Any, Optional
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per xdist worker (and per subprocess it starts): two workers on two cores with torch's default
+    # threads each wait on each other's OpenMP threads (the quick start's end-to-end test took 10x longer).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 import lightning as L
 import pytest
 from hypothesis import HealthCheck, settings
