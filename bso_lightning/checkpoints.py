@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import pickletools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
 import torch
@@ -342,18 +342,20 @@ def build_model_from_checkpoint(path: Any) -> tuple[nn.Module, Mapping[str, Any]
     return model, hparams
 
 
-def load_model_weights(model: nn.Module, path: Any, hparams: Optional[Mapping[str, Any]] = None) -> None:
+def load_model_weights(model: nn.Module, path: Any, hparams: Optional[Mapping[str, Any]] = None,
+                       view: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> None:
     """Load the network weights of a task checkpoint into ``model`` (``OnlineClassifier(pretrained=...)``).
 
-    The file is read safely; its hyper-parameters must agree with ``hparams`` on the architecture
-    (:func:`check_compatible`); non-finite weights are refused; binary weights that are not ±1 (the latent
-    weights of a BPTT run) are mapped to ±1 by their sign. Every failure is a :class:`CheckpointError` naming the file.
+    The file is read safely (once); ``view`` of its hyper-parameters must agree with ``view(hparams)`` on the
+    architecture (:func:`check_compatible`; the classifier passes its ``architecture_view``, so a fine-tune may change
+    γ and β); non-finite weights are refused; binary weights that are not ±1 (the latent weights of a BPTT run) are
+    mapped to ±1 by their sign. Every failure is a :class:`CheckpointError` naming the file.
     """
     from bso_lightning.nn import BinaryLayer, binarize_
 
     checkpoint = read_checkpoint(path)
     if hparams is not None and isinstance(checkpoint.get("hyper_parameters"), Mapping):
-        check_compatible(checkpoint["hyper_parameters"], hparams, path)
+        check_compatible(view(checkpoint["hyper_parameters"]), view(hparams), path)
     weights = model_weights(checkpoint)
     check_loaded_state(weights, path)
     binary_keys = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, BinaryLayer)}

@@ -27,7 +27,7 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor
 
-from bso_lightning.checkpoints import check_binary_weights, check_compatible, load_model_weights, read_checkpoint
+from bso_lightning.checkpoints import check_binary_weights, load_model_weights
 from bso_lightning.models import build_model_from_hparams
 from bso_lightning.nn.layers import WEIGHT_STORAGES
 from bso_lightning.nn.packed import is_packed
@@ -130,10 +130,7 @@ class OnlineClassifier(TimeSteppedClassifier):
         """:func:`bso_lightning.checkpoints.load_model_weights` (read safely; NaN/Inf refused; latent weights to ±1;
         strict), after comparing the architectures as every version spells them (:func:`architecture_view`: the
         optimizer's kind, not its γ or β, which a fine-tune changes). Errors name the file."""
-        saved = read_checkpoint(path).get("hyper_parameters")
-        if isinstance(saved, Mapping):
-            check_compatible(architecture_view(saved), architecture_view(self.hparams), path)
-        load_model_weights(self.model, path, {"arch": self.hparams.arch})
+        load_model_weights(self.model, path, self.hparams, view=architecture_view)
 
     # ----------------------------------------------------------------- optimizers
     def _build_optimization(self) -> tuple[list, list]:
