@@ -29,7 +29,7 @@ from bso_lightning.tasks.batch import check_time_steps, input_at_time_step
 from bso_lightning.tasks.faults import EvaluationInputs
 from bso_lightning.tasks.gap import DEFAULT_GAP_MARGIN, AccuracyGapMonitor, run_long_enough_to_warn
 from bso_lightning.tasks.legacy import NEURON_DEFAULTS, translate_legacy
-from bso_lightning.tasks.loop import UPDATES, check_choice  # noqa: F401 - (imported from here by the baselines)
+from bso_lightning.tasks.loop import check_choice
 from bso_lightning.tasks.loss import online_loss
 from bso_lightning.tasks.running_bn import RunningBatchNormReading, batchnorm_state, load_batchnorm_state
 from bso_lightning.tasks.state_guard import StateGuard, guarded_tensors
